@@ -1,0 +1,147 @@
+"""Validation of user input at the public boundary.
+
+Every check raises ``ValueError`` or ``TypeError`` whose message names the
+argument and shows what was received, so that a mistake never surfaces as a
+traceback from inside a compiled JAX function.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x) -> bool:
+    """Whether ``x`` holds values (not an abstract tracer inside ``jit``)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_float_array(x, name: str, *, ndims: tuple[int, ...]) -> jax.Array:
+    """Return ``x`` as a floating JAX array after checking its rank and values.
+
+    Integer and boolean inputs are promoted to the default float type; complex
+    inputs are rejected. Values are checked for NaN and inf only when they are
+    concrete (outside ``jit``).
+    """
+    if isinstance(x, (str, bytes)) or x is None:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    try:
+        arr = jnp.asarray(x)
+    except TypeError as err:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from err
+    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be real-valued, got dtype {arr.dtype}")
+    if not (
+        jnp.issubdtype(arr.dtype, jnp.floating)
+        or jnp.issubdtype(arr.dtype, jnp.integer)
+        or arr.dtype == jnp.bool_
+    ):
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if arr.ndim not in ndims:
+        wanted = " or ".join(str(n) for n in ndims)
+        raise ValueError(
+            f"{name} must have {wanted} dimensions, got shape {tuple(arr.shape)}"
+        )
+    if any(s == 0 for s in arr.shape):
+        raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    if is_concrete(arr) and not bool(jnp.all(jnp.isfinite(arr))):
+        bad = int(jnp.sum(~jnp.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} NaN or infinite values")
+    return arr
+
+
+def check_labels(labels, name: str, *, m: int, num_classes: int) -> jax.Array:
+    """Return integer labels of shape (m,) with values in [0, num_classes)."""
+    if isinstance(labels, (str, bytes)) or labels is None:
+        raise TypeError(f"{name} must be an integer array, got {type(labels).__name__}")
+    arr = labels if isinstance(labels, jax.Array) else np.asarray(labels)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        if is_concrete(arr) and np.issubdtype(arr.dtype, np.floating):
+            values = np.asarray(arr)
+            if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
+                arr = values.astype(np.int64)
+            else:
+                raise TypeError(
+                    f"{name} must hold integer class indices, got non-integer "
+                    f"values of dtype {arr.dtype}"
+                )
+        else:
+            raise TypeError(
+                f"{name} must hold integer class indices, got dtype {arr.dtype}"
+            )
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.shape[0] != m:
+        raise ValueError(
+            f"{name} has {arr.shape[0]} entries but X has {m} samples; they must match"
+        )
+    if is_concrete(arr):
+        values = np.asarray(arr)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{name} must lie in [0, num_classes={num_classes}), "
+                f"got values from {low} to {high}"
+            )
+    return jnp.asarray(arr, dtype=jnp.int32)
+
+
+def check_memberships(Pi, name: str, *, m: int) -> jax.Array:
+    """Return memberships of shape (m, k): non-negative rows summing to one."""
+    arr = check_float_array(Pi, name, ndims=(2,))
+    if arr.shape[0] != m:
+        raise ValueError(
+            f"{name} has {arr.shape[0]} rows but Z has {m} samples; they must match"
+        )
+    if arr.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one column, got {arr.shape}")
+    if is_concrete(arr):
+        if bool(jnp.any(arr < 0)):
+            raise ValueError(f"{name} must be non-negative")
+        rows = jnp.sum(arr, axis=1)
+        if not bool(jnp.allclose(rows, 1.0, atol=1e-3)):
+            worst = float(jnp.max(jnp.abs(rows - 1.0)))
+            raise ValueError(
+                f"{name} rows must sum to 1 (memberships), largest deviation {worst:.3g}"
+            )
+    return arr
+
+
+def check_positive(value, name: str):
+    """Return ``value`` as a float after checking it is finite and > 0.
+
+    A traced value (inside ``jit`` or ``grad``) is returned unchecked.
+    """
+    if not is_concrete(value):
+        return value
+    number = check_real(value, name)
+    if not number > 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return number
+
+
+def check_real(value, name: str) -> float:
+    """Return ``value`` as a finite Python float (a traced value passes unchecked)."""
+    if not is_concrete(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if not (isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0):
+            raise TypeError(f"{name} must be a real number, got {value!r}")
+    number = float(value)
+    if not np.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def check_int(value, name: str, *, minimum: int) -> int:
+    """Return ``value`` as an int after checking it is >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)

@@ -1,0 +1,244 @@
+"""Built-in data sets and loaders. Nothing here touches the network.
+
+* ``digits``: scikit-learn's bundled 8×8 handwritten digits (1797 samples, 10
+  classes), standardized with statistics of the training split.
+* ``gaussian2d`` / ``gaussian3d``: seeded Gaussian mixtures on the unit circle
+  and sphere (2 and 3 classes, 500 samples per class and split).
+* ``idx:PATH``: MNIST-format IDX files that the user already has (a folder
+  holding ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte``, and
+  optionally the ``t10k-*`` test files; ``.gz`` copies are read as well).
+
+Every sample is later scaled to unit norm by ``construct`` and ``transform``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+DATASETS = ("digits", "gaussian2d", "gaussian3d", "idx:PATH")
+
+_IDX_TYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_IDX_MAX_BYTES = 4 << 30
+
+
+class Dataset(NamedTuple):
+    """A train/test split ready for ``construct``.
+
+    Attributes:
+      X_train, y_train, X_test, y_test: float32 inputs (m, ...) and int labels.
+      num_classes: number of classes k.
+      name: data set name.
+      n_comp: subspace dimension of the nearest-subspace classifier.
+    """
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    name: str
+    n_comp: int
+
+
+def load_dataset(name: str = "digits", *, seed: int = 0, test_size: float = 0.3) -> Dataset:
+    """Load a built-in data set by name.
+
+    Args:
+      name: one of ``digits``, ``gaussian2d``, ``gaussian3d`` or ``idx:PATH``.
+      seed: seed of the split (``random_state``) and of generated data.
+      test_size: fraction of samples held out (0 < test_size < 1); ignored by
+        the Gaussian mixtures, which draw a separate test set, and by IDX
+        folders that hold test files.
+
+    Returns:
+      A ``Dataset``.
+
+    Raises:
+      ValueError: for an unknown name, a bad ``test_size`` or a malformed IDX file.
+      FileNotFoundError: if an IDX folder lacks the expected files.
+
+    Example:
+      >>> data = load_dataset("digits", seed=0, test_size=0.3)
+      >>> data.X_train.shape, data.X_test.shape, data.num_classes
+      ((1257, 64), (540, 64), 10)
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string, got {type(name).__name__}")
+    if not (isinstance(test_size, (int, float)) and 0.0 < test_size < 1.0):
+        raise ValueError(f"test_size must lie strictly between 0 and 1, got {test_size!r}")
+    if name == "digits":
+        return _digits(seed, test_size)
+    if name in ("gaussian2d", "gaussian3d"):
+        return gaussian_mixture(dim=int(name[-2]), samples_per_class=500, seed=seed)
+    if name.startswith("idx:"):
+        return _idx_folder(Path(name[4:]), seed, test_size)
+    raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def _split(X, y, seed, test_size):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
+
+
+def _standardize(X_train, X_test):
+    mean = X_train.mean(axis=0)
+    std = X_train.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return (X_train - mean) / std, (X_test - mean) / std
+
+
+def _digits(seed, test_size) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    X_train, X_test, y_train, y_test = _split(bunch.data, bunch.target, seed, test_size)
+    X_train, X_test = _standardize(X_train, X_test)
+    return Dataset(
+        X_train.astype(np.float32),
+        y_train.astype(np.int32),
+        X_test.astype(np.float32),
+        y_test.astype(np.int32),
+        10,
+        "digits",
+        10,
+    )
+
+
+def gaussian_mixture(*, dim: int, samples_per_class: int = 500, seed: int = 0) -> Dataset:
+    """Classes of points near distinct unit vectors, on the circle or sphere.
+
+    Class ``j`` has mean direction ``mu_j`` (2D: angles 0 and 60 degrees;
+    3D: three unit vectors 60 degrees apart) and isotropic noise of standard
+    deviation 0.1; train and test sets are drawn independently.
+
+    Args:
+      dim: 2 (two classes) or 3 (three classes).
+      samples_per_class: samples per class in each split.
+      seed: generator seed.
+
+    Returns:
+      A ``Dataset`` with ``n_comp = 1``.
+    """
+    if dim == 2:
+        angles = np.deg2rad([0.0, 60.0])
+        means = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    elif dim == 3:
+        means = np.array([[1.0, 0.0, 0.0], [0.5, np.sqrt(3) / 2, 0.0], [0.5, 0.0, np.sqrt(3) / 2]])
+    else:
+        raise ValueError(f"dim must be 2 or 3, got {dim}")
+    rng = np.random.default_rng(seed)
+    k = len(means)
+
+    def draw():
+        y = np.repeat(np.arange(k), samples_per_class)
+        X = means[y] + 0.1 * rng.standard_normal((len(y), dim))
+        return X.astype(np.float32), y.astype(np.int32)
+
+    X_train, y_train = draw()
+    X_test, y_test = draw()
+    return Dataset(X_train, y_train, X_test, y_test, k, f"gaussian{dim}d", 1)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (the MNIST format), optionally gzip-compressed.
+
+    The header is validated against the file size before any array is
+    allocated: a wrong magic number, an unknown type code, absurd dimensions
+    or a size mismatch raise ``ValueError``.
+
+    Args:
+      path: the file.
+
+    Returns:
+      The array, with the shape stored in the header, in native byte order.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        header = handle.read(4)
+        if len(header) < 4 or header[0] != 0 or header[1] != 0:
+            raise ValueError(f"{path} is not an IDX file (bad magic number)")
+        code, ndim = header[2], header[3]
+        if code not in _IDX_TYPES:
+            raise ValueError(f"{path}: unknown IDX type code 0x{code:02x}")
+        if not 1 <= ndim <= 4:
+            raise ValueError(f"{path}: IDX files with {ndim} dimensions are not supported")
+        raw_dims = handle.read(4 * ndim)
+        if len(raw_dims) < 4 * ndim:
+            raise ValueError(f"{path}: truncated IDX header")
+        dims = tuple(int(v) for v in np.frombuffer(raw_dims, dtype=">u4"))
+        dtype = _IDX_TYPES[code]
+        nbytes = int(np.prod(dims, dtype=np.float64)) * dtype.itemsize
+        if nbytes > _IDX_MAX_BYTES:
+            raise ValueError(f"{path}: IDX dimensions {dims} are implausibly large")
+        body = handle.read(nbytes + 1)
+    if len(body) != nbytes:
+        raise ValueError(
+            f"{path}: IDX header announces {nbytes} data bytes for shape {dims}, "
+            f"the file holds {len(body)}"
+        )
+    return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    for candidate in folder.glob(stem.replace("-idx", ".idx") + "*"):
+        return candidate
+    return None
+
+
+def _read_pair(folder: Path, prefix: str):
+    images = _find(folder, f"{prefix}-images-idx3-ubyte")
+    labels = _find(folder, f"{prefix}-labels-idx1-ubyte")
+    if images is None or labels is None:
+        return None
+    X = read_idx(images)
+    y = read_idx(labels)
+    if y.ndim != 1 or X.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{folder}: {prefix} images {X.shape} and labels {y.shape} do not match"
+        )
+    return X.reshape(len(X), -1).astype(np.float32), y.astype(np.int64)
+
+
+def _idx_folder(folder: Path, seed: int, test_size: float) -> Dataset:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"idx:PATH must name a folder of IDX files; {folder} is not one")
+    train = _read_pair(folder, "train")
+    if train is None:
+        raise FileNotFoundError(
+            f"{folder} lacks train-images-idx3-ubyte and train-labels-idx1-ubyte"
+        )
+    test = _read_pair(folder, "t10k")
+    if test is None:
+        X_train, X_test, y_train, y_test = _split(*train, seed, test_size)
+    else:
+        (X_train, y_train), (X_test, y_test) = train, test
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    if y_train.min() < 0 or classes < 2:
+        raise ValueError(f"{folder}: labels must be integers 0..k-1 with k >= 2")
+    X_train, X_test = _standardize(X_train, X_test)
+    return Dataset(
+        X_train.astype(np.float32),
+        y_train.astype(np.int32),
+        X_test.astype(np.float32),
+        y_test.astype(np.int32),
+        classes,
+        f"idx:{folder}",
+        10,
+    )

@@ -1,0 +1,161 @@
+"""Saving and loading networks: plain arrays in an ``.npz`` plus a JSON config.
+
+Nothing is pickled, so loading a file never executes code from it. Files are
+written to a temporary name in the destination folder and renamed, so a crash
+never leaves a half-written network behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+
+from redunet_jax._network import ReduNet
+from redunet_jax._vector import VectorLayer
+
+FORMAT = "redunet_jax.network"
+FORMAT_VERSION = 1
+_CONFIG_KEY = "__config__"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(path: str | os.PathLike, net: ReduNet) -> None:
+    """Save a network to ``path`` (an ``.npz`` file), atomically.
+
+    Args:
+      path: destination file; its folder must exist.
+      net: the network to save.
+
+    Raises:
+      TypeError: if ``net`` is not a ``ReduNet``.
+      OSError: if the folder does not exist or is not writable.
+
+    Example:
+      >>> import jax, tempfile, os
+      >>> from redunet_jax import construct, load
+      >>> X = jax.random.normal(jax.random.key(0), (20, 3))
+      >>> net, _ = construct(X, (X[:, 0] > 0).astype(int), num_classes=2, num_layers=2)
+      >>> path = os.path.join(tempfile.mkdtemp(), "net.npz")
+      >>> save(path, net)
+      >>> load(path).num_layers
+      2
+    """
+    from redunet_jax import __version__
+
+    if not isinstance(net, ReduNet):
+        raise TypeError(f"net must be a ReduNet, got {type(net).__name__}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OSError(f"cannot save to {path}: folder {path.parent} does not exist")
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": __version__,
+        "layer_type": "vector",
+        "eta": net.eta,
+        "lam": net.lam,
+        "eps_sq": net.eps_sq,
+        "num_classes": net.num_classes,
+        "input_shape": list(net.input_shape),
+        "num_layers": net.num_layers,
+        "arrays": {name: list(np.shape(a)) for name, a in net.layers._asdict().items()},
+    }
+    arrays = {name: np.asarray(a) for name, a in net.layers._asdict().items()}
+    arrays[_CONFIG_KEY] = np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load(path: str | os.PathLike) -> ReduNet:
+    """Load a network written by :func:`save`.
+
+    Args:
+      path: an ``.npz`` file written by ``save``.
+
+    Returns:
+      The ``ReduNet``, with arrays on the default device.
+
+    Raises:
+      FileNotFoundError: if ``path`` does not exist.
+      ValueError: if the file is truncated, not a redunet_jax network, from a
+        newer format version, or its arrays disagree with its config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no network file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if _CONFIG_KEY not in archive.files:
+                raise ValueError(f"{path} is not a redunet_jax network (no config)")
+            config = json.loads(archive[_CONFIG_KEY].tobytes().decode())
+            arrays = {name: archive[name] for name in archive.files if name != _CONFIG_KEY}
+    except (zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is not a readable redunet_jax network (truncated or foreign "
+            f"file): {err}"
+        ) from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} has a corrupted config: {err}") from err
+    return _from_parts(path, config, arrays)
+
+
+def _from_parts(path: Path, config: dict, arrays: dict) -> ReduNet:
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a redunet_jax network (format mismatch)")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} uses network format version {version}, newer than this "
+            f"library supports ({FORMAT_VERSION}); upgrade redunet_jax "
+            f"(file written by version {config.get('library_version')})"
+        )
+    if config.get("layer_type") != "vector":
+        raise ValueError(
+            f"{path} holds layer type {config.get('layer_type')!r}, which this "
+            "version cannot load"
+        )
+    fields = VectorLayer._fields
+    missing = [name for name in fields if name not in arrays]
+    if missing:
+        raise ValueError(f"{path} lacks arrays {missing}")
+    for name in fields:
+        expected = config.get("arrays", {}).get(name)
+        if list(arrays[name].shape) != expected:
+            raise ValueError(
+                f"{path}: array {name} has shape {arrays[name].shape}, config says "
+                f"{expected}"
+            )
+    layers = VectorLayer(**{name: jnp.asarray(arrays[name]) for name in fields})
+    if not all(bool(jnp.all(jnp.isfinite(a))) for a in layers):
+        raise ValueError(f"{path} holds non-finite operators")
+    return ReduNet(
+        layers=layers,
+        eta=float(config["eta"]),
+        lam=float(config["lam"]),
+        eps_sq=float(config["eps_sq"]),
+        num_classes=int(config["num_classes"]),
+        input_shape=tuple(int(s) for s in config["input_shape"]),
+    )
