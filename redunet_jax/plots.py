@@ -1,0 +1,102 @@
+"""Matplotlib figures of a constructed ReduNet (written atomically as PNG)."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+from redunet_jax.io import atomic_write_bytes
+
+
+def _figure_module():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_rates(per_layer: dict, path: str | os.PathLike, *, title: str = "") -> None:
+    """Plot delta R, R and Rc per layer for each split.
+
+    Args:
+      per_layer: ``{split: {"true": {"delta_r": [...], "r": [...], "rc": [...]},
+        "estimated": {...}}}`` as stored in ``metrics.json``; index 0 is the
+        normalized input, index l the output of layer l.
+      path: PNG file to write.
+      title: figure title.
+    """
+    plt = _figure_module()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    styles = {"train": "-", "test": "--"}
+    for ax, key, label in zip(
+        axes, ("delta_r", "r", "rc"), (r"$\Delta R$", r"$R$", r"$R_c$"), strict=True
+    ):
+        for split, rates in per_layer.items():
+            values = np.asarray(rates["true"][key])
+            ax.plot(np.arange(len(values)), values, styles.get(split, "-"), label=split)
+            if key == "delta_r":
+                estimated = np.asarray(rates["estimated"][key])
+                ax.plot(
+                    np.arange(len(estimated)),
+                    estimated,
+                    styles.get(split, "-"),
+                    alpha=0.4,
+                    label=f"{split} (estimated labels)",
+                )
+        ax.set_xlabel("layer")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def cosine_matrix(Z, labels) -> np.ndarray:
+    """Absolute cosine similarities of samples sorted by class, (m, m)."""
+    Z = np.asarray(Z, dtype=np.float64).reshape(len(Z), -1)
+    order = np.argsort(np.asarray(labels), kind="stable")
+    Z = Z[order]
+    norms = np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    Z = Z / norms
+    return np.abs(Z @ Z.T)
+
+
+def plot_cosine(
+    features: dict, labels, path: str | os.PathLike, *, max_samples: int = 1000
+) -> None:
+    """Heat maps of |cosine similarity| between samples sorted by class.
+
+    Args:
+      features: ``{panel title: (m, ...) features}``, e.g. inputs and outputs.
+      labels: (m,) labels shared by all panels.
+      path: PNG file to write.
+      max_samples: evenly spaced subsample above this many samples.
+    """
+    plt = _figure_module()
+    labels = np.asarray(labels)
+    keep = np.linspace(0, len(labels) - 1, min(len(labels), max_samples)).astype(int)
+    fig, axes = plt.subplots(1, len(features), figsize=(4.6 * len(features), 4.2))
+    axes = np.atleast_1d(axes)
+    image = None
+    for ax, (name, Z) in zip(axes, features.items(), strict=True):
+        image = ax.imshow(
+            cosine_matrix(np.asarray(Z)[keep], labels[keep]), cmap="Blues", vmin=0, vmax=1
+        )
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(image, ax=list(axes), shrink=0.8)
+    _save(fig, path)
+    plt.close(fig)
