@@ -24,21 +24,20 @@ def check_float_array(x, name: str, *, ndims: tuple[int, ...]) -> jax.Array:
 
     Integer and boolean inputs are promoted to the default float type; complex
     inputs are rejected. Values are checked for NaN and inf only when they are
-    concrete (outside ``jit``).
+    concrete (outside ``jit``); host arrays are checked with NumPy so that no
+    device computation is compiled for the check.
     """
     if isinstance(x, (str, bytes)) or x is None:
         raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    xp = jnp if isinstance(x, jax.Array) else np
     try:
-        arr = jnp.asarray(x)
-    except TypeError as err:
-        raise TypeError(f"{name} must be an array, got {type(x).__name__}") from err
-    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        arr = xp.asarray(x)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from err
+    if np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(f"{name} must be real-valued, got dtype {arr.dtype}")
-    if not (
-        jnp.issubdtype(arr.dtype, jnp.floating)
-        or jnp.issubdtype(arr.dtype, jnp.integer)
-        or arr.dtype == jnp.bool_
-    ):
+    floating = jnp.issubdtype(arr.dtype, jnp.floating)
+    if not (floating or np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     if arr.ndim not in ndims:
         wanted = " or ".join(str(n) for n in ndims)
@@ -47,12 +46,14 @@ def check_float_array(x, name: str, *, ndims: tuple[int, ...]) -> jax.Array:
         )
     if any(s == 0 for s in arr.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        arr = arr.astype(jnp.result_type(float))
-    if is_concrete(arr) and not bool(jnp.all(jnp.isfinite(arr))):
-        bad = int(jnp.sum(~jnp.isfinite(arr)))
-        raise ValueError(f"{name} contains {bad} NaN or infinite values")
-    return arr
+    if is_concrete(arr) and floating:
+        finite = xp.isfinite(arr)
+        if not bool(xp.all(finite)):
+            bad = int(arr.size - xp.sum(finite))
+            raise ValueError(f"{name} contains {bad} NaN or infinite values")
+    if not floating:
+        return jnp.asarray(arr, dtype=jnp.result_type(float))
+    return jnp.asarray(arr)
 
 
 def check_labels(labels, name: str, *, m: int, num_classes: int) -> jax.Array:
@@ -101,13 +102,14 @@ def check_memberships(Pi, name: str, *, m: int) -> jax.Array:
     if arr.shape[1] < 1:
         raise ValueError(f"{name} must have at least one column, got {arr.shape}")
     if is_concrete(arr):
-        if bool(jnp.any(arr < 0)):
+        values = np.asarray(arr)
+        if np.any(values < 0):
             raise ValueError(f"{name} must be non-negative")
-        rows = jnp.sum(arr, axis=1)
-        if not bool(jnp.allclose(rows, 1.0, atol=1e-3)):
-            worst = float(jnp.max(jnp.abs(rows - 1.0)))
+        deviation = np.max(np.abs(values.sum(axis=1) - 1.0))
+        if deviation > 1e-3:
             raise ValueError(
-                f"{name} rows must sum to 1 (memberships), largest deviation {worst:.3g}"
+                f"{name} rows must sum to 1 (memberships), largest deviation "
+                f"{deviation:.3g}"
             )
     return arr
 

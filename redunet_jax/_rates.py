@@ -59,6 +59,9 @@ def _vector_rates(Z: jax.Array, Pi: jax.Array, eps_sq) -> Rates:
     return Rates(r - rc, r, rc)
 
 
+_vector_rates_jit = jax.jit(_vector_rates)
+
+
 def rate_reduction(Z, Pi, *, eps_sq: float) -> Rates:
     r"""Rate reduction of features ``Z`` under memberships ``Pi``.
 
@@ -98,4 +101,4 @@ def rate_reduction(Z, Pi, *, eps_sq: float) -> Rates:
     Z = check_float_array(Z, "Z", ndims=(2,))
     Pi = check_memberships(Pi, "Pi", m=Z.shape[0])
     eps_sq = check_positive(eps_sq, "eps_sq")
-    return _vector_rates(Z, Pi, eps_sq)
+    return _vector_rates_jit(Z, Pi, eps_sq)

@@ -91,7 +91,7 @@ def build_vector_layer(Z, Pi, *, eps_sq: float = 0.1) -> VectorLayer:
     Z = check_float_array(Z, "Z", ndims=(2,))
     Pi = check_memberships(Pi, "Pi", m=Z.shape[0])
     eps_sq = check_positive(eps_sq, "eps_sq")
-    return _build(Z, Pi, eps_sq)
+    return _build_jit(Z, Pi, eps_sq)
 
 
 def soft_membership(gamma: jax.Array, norms: jax.Array, lam) -> jax.Array:
@@ -114,6 +114,10 @@ def _move(layer: VectorLayer, Z: jax.Array, eta, lam, Pi=None):
     Z_new = Z + eta * (EZ - jnp.einsum("mk,mka->ma", weights, CZ))
     Z_new = Z_new / safe_norm(Z_new, axis=-1, floor=NORM_FLOOR)[:, None]
     return Z_new, pihat
+
+
+_build_jit = jax.jit(_build)
+_move_jit = jax.jit(_move)
 
 
 def apply_vector_layer(layer: VectorLayer, Z, *, eta: float = 0.5, lam: float = 500.0):
@@ -150,4 +154,4 @@ def apply_vector_layer(layer: VectorLayer, Z, *, eta: float = 0.5, lam: float = 
     d = layer.E.shape[-1]
     if Z.shape[1] != d:
         raise ValueError(f"Z must have {d} columns for this layer, got shape {Z.shape}")
-    return _move(layer, Z, check_real(eta, "eta"), check_real(lam, "lam"))
+    return _move_jit(layer, Z, check_real(eta, "eta"), check_real(lam, "lam"))
