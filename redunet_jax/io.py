@@ -106,18 +106,25 @@ def load(path: str | os.PathLike) -> ReduNet:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no network file at {path}")
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            raise ValueError(
+                f"{path} is not a redunet_jax network (truncated or foreign file: "
+                "not an npz archive)"
+            )
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if _CONFIG_KEY not in archive.files:
-                raise ValueError(f"{path} is not a redunet_jax network (no config)")
-            config = json.loads(archive[_CONFIG_KEY].tobytes().decode())
-            arrays = {name: archive[name] for name in archive.files if name != _CONFIG_KEY}
-    except (zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError) as err:
+            arrays = {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise ValueError(
             f"{path} is not a readable redunet_jax network (truncated or foreign "
             f"file): {err}"
         ) from err
-    except json.JSONDecodeError as err:
+    if _CONFIG_KEY not in arrays:
+        raise ValueError(f"{path} is not a redunet_jax network (no config)")
+    try:
+        config = json.loads(arrays.pop(_CONFIG_KEY).tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} has a corrupted config: {err}") from err
     return _from_parts(path, config, arrays)
 
