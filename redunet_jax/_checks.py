@@ -12,11 +12,12 @@ import numbers
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 
 def is_concrete(x) -> bool:
     """Whether ``x`` holds values (not an abstract tracer inside ``jit``)."""
-    return not isinstance(x, jax.core.Tracer)
+    return not isinstance(x, Tracer)
 
 
 def check_float_array(x, name: str, *, ndims: tuple[int, ...]) -> jax.Array:
@@ -33,7 +34,9 @@ def check_float_array(x, name: str, *, ndims: tuple[int, ...]) -> jax.Array:
     try:
         arr = xp.asarray(x)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}") from err
+        raise TypeError(
+            f"{name} must be a numeric array, got {type(x).__name__}"
+        ) from err
     if np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(f"{name} must be real-valued, got dtype {arr.dtype}")
     floating = jnp.issubdtype(arr.dtype, jnp.floating)

@@ -67,6 +67,9 @@ def _build_circulant(Z_hat: jax.Array, Pi: jax.Array, eps_sq, num_positions):
     return CirculantLayer(E_hat=operators[0], C_hat=C_hat, gamma=m_j / m)
 
 
+_build_circulant_jit = jax.jit(_build_circulant)
+
+
 def build_circulant_layer(
     Z_hat, Pi, *, eps_sq: float = 0.1, num_positions: int
 ) -> CirculantLayer:
@@ -128,7 +131,7 @@ def build_circulant_layer(
             f"num_positions={num_positions} does not fit Z_hat with {F} frequency "
             f"bins (rfft of T positions stores between T/2 and T bins)"
         )
-    return _build_circulant(Z_hat, Pi, eps_sq, num_positions)
+    return _build_circulant_jit(Z_hat, Pi, eps_sq, num_positions)
 
 
 def _move_circulant(
@@ -147,6 +150,9 @@ def _move_circulant(
 
     scale = jnp.sqrt(jnp.maximum(weighted_sq_norm(Z_new, weights), NORM_FLOOR**2))
     return Z_new / scale[:, None, None], pihat
+
+
+_move_circulant_jit = jax.jit(_move_circulant)
 
 
 def apply_circulant_layer(
@@ -213,6 +219,6 @@ def apply_circulant_layer(
             f"{tuple(Z_hat.shape)}"
         )
     weights = check_weights(weights, "weights", num_bins=F)
-    return _move_circulant(
+    return _move_circulant_jit(
         layer, Z_hat, check_real(eta, "eta"), check_real(lam, "lam"), weights
     )

@@ -19,7 +19,9 @@ def _flat(Z) -> np.ndarray:
     return Z.reshape(Z.shape[0], -1)
 
 
-def fit_nearest_subspace(Z, labels, *, num_classes: int, n_comp: int = 10) -> np.ndarray:
+def fit_nearest_subspace(
+    Z, labels, *, num_classes: int, n_comp: int = 10
+) -> np.ndarray:
     """Top ``n_comp`` right singular vectors of each class's features.
 
     Args:
@@ -83,7 +85,9 @@ def nearest_subspace(
       ...                  num_classes=2, n_comp=1).tolist()
       [0, 1]
     """
-    bases = fit_nearest_subspace(Z_train, y_train, num_classes=num_classes, n_comp=n_comp)
+    bases = fit_nearest_subspace(
+        Z_train, y_train, num_classes=num_classes, n_comp=n_comp
+    )
     return predict_nearest_subspace(bases, Z_test)
 
 
@@ -139,7 +143,9 @@ def evaluate(
             if name == "svm":
                 model = LinearSVC(random_state=0, max_iter=5000)
             else:
-                model = KNeighborsClassifier(n_neighbors=min(5, len(A)), metric="cosine")
+                model = KNeighborsClassifier(
+                    n_neighbors=min(5, len(A)), metric="cosine"
+                )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 model.fit(A, y_a)

@@ -61,7 +61,9 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         X = np.asarray(X, dtype=np.float32)
         self.classes_, encoded = np.unique(np.asarray(y), return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"y must contain at least 2 classes, got {len(self.classes_)}")
+            raise ValueError(
+                f"y must contain at least 2 classes, got {len(self.classes_)}"
+            )
         self.net_, Z = construct(
             X,
             encoded,

@@ -34,9 +34,7 @@ def _check_signal_shape(signal_shape, name: str) -> tuple[int, ...]:
     try:
         shape = tuple(signal_shape)
     except TypeError as err:
-        raise TypeError(
-            f"{name} must be (T,) or (H, W), got {signal_shape!r}"
-        ) from err
+        raise TypeError(f"{name} must be (T,) or (H, W), got {signal_shape!r}") from err
     if len(shape) not in (1, 2) or not all(
         isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape
     ):
@@ -86,11 +84,12 @@ def check_fourier(Z_hat, name: str, *, num_bins: int | None = None) -> jax.Array
     """
     if isinstance(Z_hat, (str, bytes)) or Z_hat is None:
         raise TypeError(f"{name} must be an array, got {type(Z_hat).__name__}")
+    xp = jnp if isinstance(Z_hat, jax.Array) else np
     try:
-        arr = jnp.asarray(Z_hat)
-    except TypeError as err:
+        arr = xp.asarray(Z_hat)
+    except (TypeError, ValueError) as err:
         raise TypeError(f"{name} must be an array, got {type(Z_hat).__name__}") from err
-    if not jnp.issubdtype(arr.dtype, jnp.complexfloating):
+    if not np.issubdtype(arr.dtype, np.complexfloating):
         raise TypeError(
             f"{name} must hold complex Fourier coefficients (see to_fourier), "
             f"got dtype {arr.dtype}"
@@ -104,10 +103,14 @@ def check_fourier(Z_hat, name: str, *, num_bins: int | None = None) -> jax.Array
             f"{name} must have {num_bins} frequency bins on its last axis, "
             f"got shape {tuple(arr.shape)}"
         )
-    if is_concrete(arr) and not bool(jnp.all(jnp.isfinite(arr))):
-        bad = int(jnp.sum(~jnp.isfinite(arr)))
-        raise ValueError(f"{name} contains {bad} NaN or infinite values")
-    return arr.astype(jnp.promote_types(arr.dtype, jnp.complex64))
+    # Concrete values are checked on the host, so that the check compiles
+    # nothing and also works on constants closed over by a jitted caller.
+    if is_concrete(arr):
+        finite = np.isfinite(np.asarray(arr))
+        if not finite.all():
+            bad = int(finite.size - finite.sum())
+            raise ValueError(f"{name} contains {bad} NaN or infinite values")
+    return jnp.asarray(arr, dtype=jnp.promote_types(arr.dtype, jnp.complex64))
 
 
 def _rfft(Z: jax.Array) -> jax.Array:
@@ -197,7 +200,12 @@ def from_fourier(Z_hat, signal_shape) -> jax.Array:
       True
     """
     shape = _check_signal_shape(signal_shape, "signal_shape")
-    Z_hat = check_fourier(Z_hat, "Z_hat", num_bins=num_bins(shape))
+    Z_hat = check_fourier(Z_hat, "Z_hat")
+    if Z_hat.shape[2] != num_bins(shape):
+        raise ValueError(
+            f"signal_shape {shape} needs {num_bins(shape)} frequency bins, but "
+            f"Z_hat has shape {tuple(Z_hat.shape)}"
+        )
     return _irfft(Z_hat, shape)
 
 

@@ -14,6 +14,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from redunet_jax._checks import (
     check_float_array,
@@ -62,8 +63,9 @@ class ReduNet:
         return int(self.layers.gamma.shape[0])
 
 
-def normalize(Z: jax.Array) -> jax.Array:
+def normalize(Z: ArrayLike) -> jax.Array:
     """Scale every sample (row) of ``Z`` to unit Euclidean norm (zeros stay zero)."""
+    Z = jnp.asarray(Z)
     axes = tuple(range(1, Z.ndim))
     return Z / jnp.expand_dims(safe_norm(Z, axis=axes, floor=NORM_FLOOR), axes)
 

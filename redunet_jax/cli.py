@@ -58,7 +58,9 @@ def _positive_float(text: str) -> float:
 def _fraction(text: str) -> float:
     value = _positive_float(text)
     if value >= 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+        raise argparse.ArgumentTypeError(
+            f"must lie strictly between 0 and 1, got {text}"
+        )
     return value
 
 
@@ -66,7 +68,9 @@ def _dataset_name(text: str) -> str:
     if text in DEFAULTS and text != "idx" or text.startswith("idx:") and len(text) > 4:
         return text
     names = ", ".join([n for n in DEFAULTS if n != "idx"] + ["idx:PATH"])
-    raise argparse.ArgumentTypeError(f"unknown data set {text!r}; choose one of {names}")
+    raise argparse.ArgumentTypeError(
+        f"unknown data set {text!r}; choose one of {names}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,19 +81,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="construct a network on a data set")
-    fit.add_argument("--dataset", type=_dataset_name, default="digits",
-                     help="digits (default), gaussian2d, gaussian3d or idx:PATH")
+    fit.add_argument(
+        "--dataset",
+        type=_dataset_name,
+        default="digits",
+        help="digits (default), gaussian2d, gaussian3d or idx:PATH",
+    )
     fit.add_argument("--layers", type=_positive_int, help="number of layers")
     fit.add_argument("--eta", type=_positive_float, help="step size")
     fit.add_argument("--eps-sq", type=_positive_float, help="distortion eps^2")
     fit.add_argument("--lam", type=_positive_float, help="inverse temperature")
     fit.add_argument("--seed", type=int, default=0, help="split and data seed")
-    fit.add_argument("--test-size", type=_fraction, default=0.3,
-                     help="held-out fraction (default 0.3)")
-    fit.add_argument("--n-comp", type=_positive_int,
-                     help="nearest-subspace dimension (10 for digits, 1 for mixtures)")
-    fit.add_argument("--use-labels", action="store_true",
-                     help="move training features with their true labels")
+    fit.add_argument(
+        "--test-size",
+        type=_fraction,
+        default=0.3,
+        help="held-out fraction (default 0.3)",
+    )
+    fit.add_argument(
+        "--n-comp",
+        type=_positive_int,
+        help="nearest-subspace dimension (10 for digits, 1 for mixtures)",
+    )
+    fit.add_argument(
+        "--use-labels",
+        action="store_true",
+        help="move training features with their true labels",
+    )
     fit.add_argument("--out", type=Path, help="output folder (default runs/DATASET)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -104,20 +122,23 @@ def _writable_folder(path: Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise CLIError(f"cannot write to output folder {path}: {err.strerror}") from None
+        raise CLIError(
+            f"cannot write to output folder {path}: {err.strerror}"
+        ) from None
     return path
 
 
 def _versions() -> dict:
+    from importlib.metadata import version
+
     import jax
-    import jaxlib
 
     from redunet_jax import __version__
 
     return {
         "redunet_jax": __version__,
         "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
+        "jaxlib": version("jaxlib"),
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
         "python": platform.python_version(),
@@ -139,15 +160,23 @@ def _score(net, data, n_comp: int) -> tuple[dict, dict, object, object]:
     Z_train = transform(net, data.X_train)
     Z_test = transform(net, data.X_test)
     accuracy = evaluate(
-        Z_train, data.y_train, Z_test, data.y_test,
-        num_classes=data.num_classes, n_comp=n_comp,
+        Z_train,
+        data.y_train,
+        Z_test,
+        data.y_test,
+        num_classes=data.num_classes,
+        n_comp=n_comp,
     )
-    for split, X, y in (("train", data.X_train, data.y_train),
-                        ("test", data.X_test, data.y_test)):
+    for split, X, y in (
+        ("train", data.X_train, data.y_train),
+        ("test", data.X_test, data.y_test),
+    ):
         accuracy[split]["pihat"] = float(np.mean(np.asarray(predict(net, X)) == y))
     rates = {}
-    for split, X, y in (("train", data.X_train, data.y_train),
-                        ("test", data.X_test, data.y_test)):
+    for split, X, y in (
+        ("train", data.X_train, data.y_train),
+        ("test", data.X_test, data.y_test),
+    ):
         res = rates_per_layer(net, X, y)
         rates[split] = {
             "true": _rates_lists(res["input"], res["true"]),
@@ -158,24 +187,33 @@ def _score(net, data, n_comp: int) -> tuple[dict, dict, object, object]:
 
 def _table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def _summary(metrics: dict) -> str:
     rates, acc = metrics["rates"], metrics["accuracy"]
-    rows = [("", "train", "test")]
+    rows: list[tuple[str, ...]] = [("", "train", "test")]
     for key, label in (("delta_r", "delta R"), ("r", "R"), ("rc", "Rc")):
-        rows.append((label, *(f"{rates[s]['true'][key][-1]:.4f}" for s in ("train", "test"))))
+        rows.append(
+            (label, *(f"{rates[s]['true'][key][-1]:.4f}" for s in ("train", "test")))
+        )
     for name in ("nearest_subspace", "svm", "knn", "pihat"):
-        rows.append((f"acc {name}", *(f"{acc[s][name]:.4f}" for s in ("train", "test"))))
+        rows.append(
+            (f"acc {name}", *(f"{acc[s][name]:.4f}" for s in ("train", "test")))
+        )
     base = metrics["baseline_accuracy"]
     for name in ("nearest_subspace", "svm", "knn"):
-        rows.append((f"inputs {name}", *(f"{base[s][name]:.4f}" for s in ("train", "test"))))
+        rows.append(
+            (f"inputs {name}", *(f"{base[s][name]:.4f}" for s in ("train", "test")))
+        )
     text = _table(rows)
     t = metrics["timings_s"]
-    return f"{text}\nconstruction {t['construct']:.2f} s ({metrics['config']['layers']} layers)"
+    layers = metrics["config"]["layers"]
+    return f"{text}\nconstruction {t['construct']:.2f} s ({layers} layers)"
 
 
 def _run_fit(args) -> int:
@@ -190,19 +228,31 @@ def _run_fit(args) -> int:
     for key in ("layers", "eta", "eps_sq", "lam"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
-    out = _writable_folder(args.out or Path("runs") / args.dataset.replace(":", "_").replace("/", "_"))
+    out = _writable_folder(
+        args.out or Path("runs") / args.dataset.replace(":", "_").replace("/", "_")
+    )
 
     timings = {}
     start = time.perf_counter()
     data = load_dataset(args.dataset, seed=args.seed, test_size=args.test_size)
     timings["load"] = time.perf_counter() - start
     n_comp = args.n_comp or data.n_comp
-    config.update(dataset=args.dataset, seed=args.seed, test_size=args.test_size,
-                  n_comp=n_comp, use_labels=args.use_labels,
-                  num_classes=data.num_classes)
+    config.update(
+        dataset=args.dataset,
+        seed=args.seed,
+        test_size=args.test_size,
+        n_comp=n_comp,
+        use_labels=args.use_labels,
+        num_classes=data.num_classes,
+    )
 
-    bar = tqdm(total=config["layers"], desc="layers", unit="layer",
-               disable=args.quiet, file=sys.stderr)
+    bar = tqdm(
+        total=config["layers"],
+        desc="layers",
+        unit="layer",
+        disable=args.quiet,
+        file=sys.stderr,
+    )
 
     def progress(index, rates):
         bar.update(1)
@@ -210,9 +260,15 @@ def _run_fit(args) -> int:
 
     start = time.perf_counter()
     net, Z = construct(
-        data.X_train, data.y_train, num_classes=data.num_classes,
-        num_layers=config["layers"], eta=config["eta"], eps_sq=config["eps_sq"],
-        lam=config["lam"], use_labels=args.use_labels, callback=progress,
+        data.X_train,
+        data.y_train,
+        num_classes=data.num_classes,
+        num_layers=config["layers"],
+        eta=config["eta"],
+        eps_sq=config["eps_sq"],
+        lam=config["lam"],
+        use_labels=args.use_labels,
+        callback=progress,
     )
     Z.block_until_ready()
     timings["construct"] = time.perf_counter() - start
@@ -221,9 +277,14 @@ def _run_fit(args) -> int:
 
     start = time.perf_counter()
     accuracy, rates, Z_train, Z_test = _score(net, data, n_comp)
-    baseline = evaluate(normalize(data.X_train), data.y_train,
-                        normalize(data.X_test), data.y_test,
-                        num_classes=data.num_classes, n_comp=n_comp)
+    baseline = evaluate(
+        normalize(data.X_train),
+        data.y_train,
+        normalize(data.X_test),
+        data.y_test,
+        num_classes=data.num_classes,
+        n_comp=n_comp,
+    )
     timings["evaluate"] = time.perf_counter() - start
 
     metrics = {
@@ -238,10 +299,15 @@ def _run_fit(args) -> int:
     save(out / "network.npz", net)
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     plot_rates(rates, out / "rates.png", title=f"ReduNet on {args.dataset}")
-    plot_cosine({"test inputs": normalize(data.X_test), "test outputs": np.asarray(Z_test)},
-                data.y_test, out / "cosine.png")
-    sys.stdout.write(_summary(metrics) + f"\nwrote {out}/ (network.npz, metrics.json, "
-                     "rates.png, cosine.png)\n")
+    plot_cosine(
+        {"test inputs": normalize(data.X_test), "test outputs": np.asarray(Z_test)},
+        data.y_test,
+        out / "cosine.png",
+    )
+    sys.stdout.write(
+        _summary(metrics) + f"\nwrote {out}/ (network.npz, metrics.json, "
+        "rates.png, cosine.png)\n"
+    )
     return 0
 
 
@@ -254,17 +320,27 @@ def _run_evaluate(args) -> int:
     try:
         stored = json.loads(metrics_path.read_text())
         config = stored["config"]
-        dataset, seed, test_size = config["dataset"], config["seed"], config["test_size"]
+        dataset, seed, test_size = (
+            config["dataset"],
+            config["seed"],
+            config["test_size"],
+        )
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CLIError(f"{metrics_path} is not a valid metrics file ({err})") from None
     net = load(args.run / "network.npz")
     data = load_dataset(dataset, seed=seed, test_size=test_size)
     accuracy, _, _, _ = _score(net, data, config.get("n_comp", data.n_comp))
-    rows = [("accuracy", "train", "test", "stored test")]
+    rows: list[tuple[str, ...]] = [("accuracy", "train", "test", "stored test")]
     for name in ("nearest_subspace", "svm", "knn", "pihat"):
         before = stored.get("accuracy", {}).get("test", {}).get(name)
-        rows.append((name, f"{accuracy['train'][name]:.4f}", f"{accuracy['test'][name]:.4f}",
-                     "-" if before is None else f"{before:.4f}"))
+        rows.append(
+            (
+                name,
+                f"{accuracy['train'][name]:.4f}",
+                f"{accuracy['test'][name]:.4f}",
+                "-" if before is None else f"{before:.4f}",
+            )
+        )
     sys.stdout.write(_table(rows) + "\n")
     return 0
 

@@ -52,7 +52,9 @@ class Dataset(NamedTuple):
     n_comp: int
 
 
-def load_dataset(name: str = "digits", *, seed: int = 0, test_size: float = 0.3) -> Dataset:
+def load_dataset(
+    name: str = "digits", *, seed: int = 0, test_size: float = 0.3
+) -> Dataset:
     """Load a built-in data set by name.
 
     Args:
@@ -77,7 +79,9 @@ def load_dataset(name: str = "digits", *, seed: int = 0, test_size: float = 0.3)
     if not isinstance(name, str):
         raise TypeError(f"name must be a string, got {type(name).__name__}")
     if not (isinstance(test_size, (int, float)) and 0.0 < test_size < 1.0):
-        raise ValueError(f"test_size must lie strictly between 0 and 1, got {test_size!r}")
+        raise ValueError(
+            f"test_size must lie strictly between 0 and 1, got {test_size!r}"
+        )
     if name == "digits":
         return _digits(seed, test_size)
     if name in ("gaussian2d", "gaussian3d"):
@@ -90,7 +94,8 @@ def load_dataset(name: str = "digits", *, seed: int = 0, test_size: float = 0.3)
 def _split(X, y, seed, test_size):
     from sklearn.model_selection import train_test_split
 
-    return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
+    parts = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
+    return [np.asarray(part) for part in parts]
 
 
 def _standardize(X_train, X_test):
@@ -103,8 +108,8 @@ def _standardize(X_train, X_test):
 def _digits(seed, test_size) -> Dataset:
     from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    X_train, X_test, y_train, y_test = _split(bunch.data, bunch.target, seed, test_size)
+    X, y = (np.asarray(part) for part in load_digits(return_X_y=True))
+    X_train, X_test, y_train, y_test = _split(X, y, seed, test_size)
     X_train, X_test = _standardize(X_train, X_test)
     return Dataset(
         X_train.astype(np.float32),
@@ -117,7 +122,9 @@ def _digits(seed, test_size) -> Dataset:
     )
 
 
-def gaussian_mixture(*, dim: int, samples_per_class: int = 500, seed: int = 0) -> Dataset:
+def gaussian_mixture(
+    *, dim: int, samples_per_class: int = 500, seed: int = 0
+) -> Dataset:
     """Classes of points near distinct unit vectors, on the circle or sphere.
 
     Class ``j`` has mean direction ``mu_j`` (2D: angles 0 and 60 degrees;
@@ -136,7 +143,9 @@ def gaussian_mixture(*, dim: int, samples_per_class: int = 500, seed: int = 0) -
         angles = np.deg2rad([0.0, 60.0])
         means = np.stack([np.cos(angles), np.sin(angles)], axis=1)
     elif dim == 3:
-        means = np.array([[1.0, 0.0, 0.0], [0.5, np.sqrt(3) / 2, 0.0], [0.5, 0.0, np.sqrt(3) / 2]])
+        means = np.array(
+            [[1.0, 0.0, 0.0], [0.5, np.sqrt(3) / 2, 0.0], [0.5, 0.0, np.sqrt(3) / 2]]
+        )
     else:
         raise ValueError(f"dim must be 2 or 3, got {dim}")
     rng = np.random.default_rng(seed)
@@ -175,7 +184,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         if code not in _IDX_TYPES:
             raise ValueError(f"{path}: unknown IDX type code 0x{code:02x}")
         if not 1 <= ndim <= 4:
-            raise ValueError(f"{path}: IDX files with {ndim} dimensions are not supported")
+            raise ValueError(
+                f"{path}: IDX files with {ndim} dimensions are not supported"
+            )
         raw_dims = handle.read(4 * ndim)
         if len(raw_dims) < 4 * ndim:
             raise ValueError(f"{path}: truncated IDX header")
@@ -190,7 +201,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             f"{path}: IDX header announces {nbytes} data bytes for shape {dims}, "
             f"the file holds {len(body)}"
         )
-    return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+    )
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -218,7 +231,9 @@ def _read_pair(folder: Path, prefix: str):
 
 def _idx_folder(folder: Path, seed: int, test_size: float) -> Dataset:
     if not folder.is_dir():
-        raise FileNotFoundError(f"idx:PATH must name a folder of IDX files; {folder} is not one")
+        raise FileNotFoundError(
+            f"idx:PATH must name a folder of IDX files; {folder} is not one"
+        )
     train = _read_pair(folder, "train")
     if train is None:
         raise FileNotFoundError(

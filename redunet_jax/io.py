@@ -85,7 +85,7 @@ def save(path: str | os.PathLike, net: ReduNet) -> None:
     arrays[_CONFIG_KEY] = np.frombuffer(json.dumps(config).encode(), dtype=np.uint8)
 
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # pyright: ignore[reportArgumentType]
     atomic_write_bytes(path, buffer.getvalue())
 
 

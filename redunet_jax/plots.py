@@ -92,11 +92,15 @@ def plot_cosine(
     image = None
     for ax, (name, Z) in zip(axes, features.items(), strict=True):
         image = ax.imshow(
-            cosine_matrix(np.asarray(Z)[keep], labels[keep]), cmap="Blues", vmin=0, vmax=1
+            cosine_matrix(np.asarray(Z)[keep], labels[keep]),
+            cmap="Blues",
+            vmin=0,
+            vmax=1,
         )
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(image, ax=list(axes), shrink=0.8)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), shrink=0.8)
     _save(fig, path)
     plt.close(fig)

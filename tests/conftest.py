@@ -1,5 +1,4 @@
 import jax
-import numpy as np
 import pytest
 
 
@@ -8,4 +7,3 @@ def x64():
     """Run the body of a test with 64-bit JAX arrays."""
     with jax.enable_x64(True):
         yield
-

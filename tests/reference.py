@@ -40,7 +40,9 @@ def build_layer(Z, Pi, eps_sq):
             C.append(np.zeros((d, d)))
             continue
         alpha_j = d / (m_j * eps_sq)
-        C.append(alpha_j * np.linalg.inv(np.eye(d) + alpha_j * Z.T @ np.diag(Pi[:, j]) @ Z))
+        C.append(
+            alpha_j * np.linalg.inv(np.eye(d) + alpha_j * Z.T @ np.diag(Pi[:, j]) @ Z)
+        )
     return E, np.array(C), np.array(gamma)
 
 
@@ -51,7 +53,9 @@ def apply_layer(E, C, gamma, Z, eta, lam):
         logits = np.where(gamma > 0, -lam * norms, -np.inf)
         pihat = np.exp(logits - logits.max())
         pihat /= pihat.sum()
-        step = E @ z - sum(g * p * (Cj @ z) for g, p, Cj in zip(gamma, pihat, C))
+        step = E @ z - sum(
+            g * p * (Cj @ z) for g, p, Cj in zip(gamma, pihat, C, strict=True)
+        )
         z_new = z + eta * step
         out.append(z_new / max(np.linalg.norm(z_new), 1e-8))
         pis.append(pihat)

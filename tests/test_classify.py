@@ -6,7 +6,12 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from redunet_jax import ReduNetClassifier, evaluate, fit_nearest_subspace, nearest_subspace
+from redunet_jax import (
+    ReduNetClassifier,
+    evaluate,
+    fit_nearest_subspace,
+    nearest_subspace,
+)
 
 
 def brute_force_nearest_subspace(Z_train, y_train, Z_test, k, n_comp):

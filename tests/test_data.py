@@ -54,7 +54,9 @@ def test_idx_rejects_malformed_files(tmp_path):
     with pytest.raises(ValueError, match="type code"):
         read_idx(bad_type)
     short = tmp_path / "short"
-    short.write_bytes(b"\x00\x00\x08\x02" + (3).to_bytes(4, "big") + (4).to_bytes(4, "big") + b"abc")
+    short.write_bytes(
+        b"\x00\x00\x08\x02" + (3).to_bytes(4, "big") + (4).to_bytes(4, "big") + b"abc"
+    )
     with pytest.raises(ValueError, match="announces 12 data bytes"):
         read_idx(short)
     huge = tmp_path / "huge"

@@ -12,7 +12,9 @@ from redunet_jax.io import FORMAT_VERSION
 @pytest.fixture(scope="module")
 def net_and_data():
     X, y = blobs(10, 4, 3, seed=0)
-    net, _ = construct(X, y, num_classes=3, num_layers=3, eps_sq=0.3, eta=0.4, lam=100.0)
+    net, _ = construct(
+        X, y, num_classes=3, num_layers=3, eps_sq=0.3, eta=0.4, lam=100.0
+    )
     return net, X
 
 
@@ -86,7 +88,9 @@ def test_newer_format_and_shape_mismatch(tmp_path, net_and_data):
     save(src, net_and_data[0])
 
     newer = tmp_path / "newer.npz"
-    _rewrite_config(src, newer, lambda c, a: c.update(format_version=FORMAT_VERSION + 1))
+    _rewrite_config(
+        src, newer, lambda c, a: c.update(format_version=FORMAT_VERSION + 1)
+    )
     with pytest.raises(ValueError, match="newer than this library"):
         load(newer)
 

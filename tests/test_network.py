@@ -91,7 +91,9 @@ def test_use_labels_variant_differs_and_separates():
 def test_rates_per_layer_matches_callback():
     X, y = blobs(12, 4, 3, seed=7)
     seen = []
-    net, _ = construct(X, y, num_classes=3, num_layers=4, callback=lambda i, r: seen.append(r))
+    net, _ = construct(
+        X, y, num_classes=3, num_layers=4, callback=lambda i, r: seen.append(r)
+    )
     rates = rates_per_layer(net, X, y)
     np.testing.assert_allclose(
         rates["true"].delta_r, [float(r.delta_r) for r in seen], rtol=1e-5
@@ -106,8 +108,14 @@ def test_gaussian_mixtures_reach_the_closed_form_plateau(name, plateau):
     data = load_dataset(name)
     history = []
     net, Z = construct(
-        data.X_train, data.y_train, num_classes=data.num_classes, num_layers=800,
-        eta=0.5, eps_sq=0.1, lam=500.0, callback=lambda i, r: history.append(float(r.delta_r)),
+        data.X_train,
+        data.y_train,
+        num_classes=data.num_classes,
+        num_layers=800,
+        eta=0.5,
+        eps_sq=0.1,
+        lam=500.0,
+        callback=lambda i, r: history.append(float(r.delta_r)),
     )
     history = np.array(history)
     assert history[-1] > history[0]
@@ -128,7 +136,10 @@ def test_digits_nearest_subspace_beats_inputs():
     accuracy = np.mean(guess == data.y_test)
     baseline = np.mean(
         nearest_subspace(
-            normalize(data.X_train), data.y_train, normalize(data.X_test), num_classes=10
+            normalize(data.X_train),
+            data.y_train,
+            normalize(data.X_test),
+            num_classes=10,
         )
         == data.y_test
     )
@@ -139,7 +150,11 @@ def test_digits_nearest_subspace_beats_inputs():
 BAD = [
     (dict(X=np.ones(5)), ValueError, "X must have 2 dimensions"),
     (dict(labels=np.zeros(4, int)), ValueError, "labels has 4 entries"),
-    (dict(labels=np.array([0, 1, 2, 0, 1])), ValueError, r"labels must lie in \[0, num_classes=2\)"),
+    (
+        dict(labels=np.array([0, 1, 2, 0, 1])),
+        ValueError,
+        r"labels must lie in \[0, num_classes=2\)",
+    ),
     (dict(labels=np.array([0, -1, 1, 0, 1])), ValueError, "labels must lie"),
     (dict(labels=np.array([0.5, 1, 1, 0, 1])), TypeError, "labels must hold integer"),
     (dict(labels=np.array(["a"] * 5)), TypeError, "labels must hold integer"),
@@ -157,8 +172,13 @@ BAD = [
 @pytest.mark.parametrize("change, error, message", BAD)
 def test_construct_rejects_bad_input(change, error, message):
     args = dict(
-        X=np.arange(10.0).reshape(5, 2), labels=np.array([0, 1, 1, 0, 1]), num_classes=2,
-        num_layers=2, eps_sq=0.1, lam=500.0, eta=0.5,
+        X=np.arange(10.0).reshape(5, 2),
+        labels=np.array([0, 1, 1, 0, 1]),
+        num_classes=2,
+        num_layers=2,
+        eps_sq=0.1,
+        lam=500.0,
+        eta=0.5,
     )
     args.update(change)
     with pytest.raises(error, match=message):

@@ -30,7 +30,9 @@ def test_closed_form_matches_analytic_expression():
         Z, Pi = collapsed(d, per_class=100)
         rates = rate_reduction(Z, Pi, eps_sq=0.1)
         np.testing.assert_allclose(float(rates.r), d / 2 * np.log(11.0), rtol=1e-6)
-        np.testing.assert_allclose(float(rates.rc), 0.5 * np.log(1 + d / 0.1), rtol=1e-6)
+        np.testing.assert_allclose(
+            float(rates.rc), 0.5 * np.log(1 + d / 0.1), rtol=1e-6
+        )
 
 
 @pytest.mark.parametrize("soft", [False, True])
@@ -47,7 +49,9 @@ def test_matches_float64_reference(x64, soft):
 def test_float32_close_to_reference():
     X, y = blobs(30, 8, 4, seed=3)
     got = rate_reduction(X.astype(np.float32), np.eye(4)[y], eps_sq=0.5)
-    np.testing.assert_allclose(list(map(float, got)), ref_rates(X, np.eye(4)[y], 0.5), rtol=1e-5)
+    np.testing.assert_allclose(
+        list(map(float, got)), ref_rates(X, np.eye(4)[y], 0.5), rtol=1e-5
+    )
 
 
 def test_rate_reduction_is_non_negative_for_labels():
@@ -63,7 +67,9 @@ def test_empty_class_contributes_zero():
     X, y = blobs(10, 4, 2)
     base = rate_reduction(X, np.eye(2)[y], eps_sq=0.2)
     padded = rate_reduction(X, np.eye(3)[y], eps_sq=0.2)
-    np.testing.assert_allclose(list(map(float, padded)), list(map(float, base)), rtol=1e-6)
+    np.testing.assert_allclose(
+        list(map(float, padded)), list(map(float, base)), rtol=1e-6
+    )
 
 
 def loss(Z, Pi):
@@ -108,12 +114,16 @@ def test_jit_and_vmap():
     X, y = blobs(6, 3, 2)
     Pi = np.eye(2)[y]
     direct = rate_reduction(X, Pi, eps_sq=0.1)
-    jitted = jax.jit(lambda Z: rate_reduction(Z, Pi, eps_sq=0.1))(jnp.asarray(X, jnp.float32))
+    jitted = jax.jit(lambda Z: rate_reduction(Z, Pi, eps_sq=0.1))(
+        jnp.asarray(X, jnp.float32)
+    )
     np.testing.assert_allclose(float(jitted.delta_r), float(direct.delta_r), rtol=1e-6)
     batch = jnp.stack([jnp.asarray(X, jnp.float32), 2 * jnp.asarray(X, jnp.float32)])
     mapped = jax.vmap(lambda Z: rate_reduction(Z, Pi, eps_sq=0.1))(batch)
     assert mapped.delta_r.shape == (2,)
-    np.testing.assert_allclose(float(mapped.delta_r[0]), float(direct.delta_r), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(mapped.delta_r[0]), float(direct.delta_r), rtol=1e-6
+    )
     # eps_sq can itself be traced
     traced = jax.jit(lambda e: rate_reduction(X, Pi, eps_sq=e).delta_r)(0.1)
     np.testing.assert_allclose(float(traced), float(direct.delta_r), rtol=1e-6)

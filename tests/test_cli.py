@@ -1,0 +1,147 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from redunet_jax import load
+from redunet_jax.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    status = main(
+        [
+            "fit",
+            "--dataset",
+            "gaussian2d",
+            "--layers",
+            "6",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert status == 0
+    return out
+
+
+def test_fit_writes_every_artifact(run_dir):
+    assert sorted(os.listdir(run_dir)) == [
+        "cosine.png",
+        "metrics.json",
+        "network.npz",
+        "rates.png",
+    ]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["config"]["layers"] == 6 and metrics["config"]["eps_sq"] == 0.1
+    for split in ("train", "test"):
+        for labels in ("true", "estimated"):
+            rates = metrics["rates"][split][labels]
+            assert len(rates["delta_r"]) == 7  # the input, then each layer
+            assert set(rates) == {"delta_r", "r", "rc"}
+        assert set(metrics["accuracy"][split]) == {
+            "nearest_subspace",
+            "svm",
+            "knn",
+            "pihat",
+        }
+    assert metrics["accuracy"]["test"]["nearest_subspace"] > 0.9
+    assert metrics["versions"]["backend"] == "cpu"
+    assert metrics["timings_s"]["construct"] > 0
+    assert load(run_dir / "network.npz").num_layers == 6
+    for png in ("rates.png", "cosine.png"):
+        assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fit_prints_summary(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "fit",
+                "--dataset",
+                "gaussian3d",
+                "--layers",
+                "2",
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    for word in (
+        "delta R",
+        "acc nearest_subspace",
+        "acc svm",
+        "acc knn",
+        "inputs nearest_subspace",
+        "construction",
+    ):
+        assert word in out
+
+
+def test_evaluate_reproduces_stored_accuracy(run_dir, capsys):
+    assert main(["evaluate", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    stored = json.loads((run_dir / "metrics.json").read_text())["accuracy"]["test"]
+    line = next(x for x in out.splitlines() if x.startswith("nearest_subspace"))
+    assert f"{stored['nearest_subspace']:.4f}" in line.split()[2]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fit", "--layers", "-3"], "must be >= 1"),
+        (["fit", "--layers", "two"], "expected an integer"),
+        (["fit", "--eta", "0"], "must be a finite number > 0"),
+        (["fit", "--eps-sq", "nan"], "must be a finite number > 0"),
+        (["fit", "--dataset", "imagenet"], "unknown data set"),
+        (["fit", "--test-size", "1.2"], "strictly between"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_runtime_errors_are_one_line(tmp_path, capsys):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert main(["fit", "--out", str(blocked / "sub"), "--quiet"]) == 2
+    assert "cannot write to output folder" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "fit",
+                "--dataset",
+                f"idx:{tmp_path}",
+                "--quiet",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("redunet: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_console_script_runs_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "redunet_jax.cli", "fit", "--layers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "--layers" in result.stderr
