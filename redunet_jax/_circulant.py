@@ -212,13 +212,13 @@ def apply_circulant_layer(
       ([1.0, 1.0, 1.0, 1.0], (4, 2))
     """
     F, C = layer.E_hat.shape[:2]
-    Z_hat = check_fourier(Z_hat, "Z_hat", num_bins=F)
+    Z_hat = check_fourier(Z_hat, "Z_hat", bins=F)
     if Z_hat.shape[1] != C:
         raise ValueError(
             f"Z_hat must have {C} channels for this layer, got shape "
             f"{tuple(Z_hat.shape)}"
         )
-    weights = check_weights(weights, "weights", num_bins=F)
+    weights = check_weights(weights, "weights", bins=F)
     return _move_circulant_jit(
         layer, Z_hat, check_real(eta, "eta"), check_real(lam, "lam"), weights
     )

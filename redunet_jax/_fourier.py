@@ -22,24 +22,21 @@ import numpy as np
 
 from redunet_jax._checks import check_float_array, is_concrete
 
-_SIGNAL_AXES = {3: 1, 4: 2}
-
 
 def _check_signal_shape(signal_shape, name: str) -> tuple[int, ...]:
     """Return ``signal_shape`` as a tuple of one or two ints, each >= 2."""
-    if isinstance(signal_shape, (int, np.integer)) and not isinstance(
-        signal_shape, bool
+    if isinstance(signal_shape, (int, np.integer)):
+        signal_shape = (signal_shape,)
+    if not isinstance(signal_shape, (tuple, list)):
+        raise TypeError(f"{name} must be (T,) or (H, W), got {signal_shape!r}")
+    if len(signal_shape) not in (1, 2) or not all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+        for n in signal_shape
     ):
-        signal_shape = (int(signal_shape),)
-    try:
-        shape = tuple(signal_shape)
-    except TypeError as err:
-        raise TypeError(f"{name} must be (T,) or (H, W), got {signal_shape!r}") from err
-    if len(shape) not in (1, 2) or not all(
-        isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in shape
-    ):
-        raise ValueError(f"{name} must be (T,) or (H, W) integers, got {shape!r}")
-    shape = tuple(int(n) for n in shape)
+        raise ValueError(
+            f"{name} must be (T,) or (H, W) integers, got {tuple(signal_shape)!r}"
+        )
+    shape = tuple(int(n) for n in signal_shape)
     if min(shape) < 2:
         raise ValueError(
             f"{name} must have every signal axis of length >= 2, got {shape}"
@@ -76,7 +73,7 @@ def check_signals(Z, name: str) -> jax.Array:
     return Z.astype(jnp.promote_types(Z.dtype, jnp.float32))
 
 
-def check_fourier(Z_hat, name: str, *, num_bins: int | None = None) -> jax.Array:
+def check_fourier(Z_hat, name: str, *, bins: int | None = None) -> jax.Array:
     """Return complex Fourier coefficients of shape (m, C, F) after checking them.
 
     Real input is rejected: it almost always means that signals were passed
@@ -98,9 +95,9 @@ def check_fourier(Z_hat, name: str, *, num_bins: int | None = None) -> jax.Array
         raise ValueError(
             f"{name} must have non-empty shape (m, C, F), got {tuple(arr.shape)}"
         )
-    if num_bins is not None and arr.shape[2] != num_bins:
+    if bins is not None and arr.shape[2] != bins:
         raise ValueError(
-            f"{name} must have {num_bins} frequency bins on its last axis, "
+            f"{name} must have {bins} frequency bins on its last axis, "
             f"got shape {tuple(arr.shape)}"
         )
     # Concrete values are checked on the host, so that the check compiles
@@ -275,16 +272,16 @@ def fourier_norm(Z_hat, weights, *, floor: float = 0.0) -> jax.Array:
       True
     """
     Z_hat = check_fourier(Z_hat, "Z_hat")
-    weights = check_weights(weights, "weights", num_bins=Z_hat.shape[-1])
+    weights = check_weights(weights, "weights", bins=Z_hat.shape[-1])
     return jnp.sqrt(jnp.maximum(weighted_sq_norm(Z_hat, weights), floor * floor))
 
 
-def check_weights(weights, name: str, *, num_bins: int) -> jax.Array:
+def check_weights(weights, name: str, *, bins: int) -> jax.Array:
     """Return real bin weights of shape (F,) after checking them."""
     weights = check_float_array(weights, name, ndims=(1,))
-    if weights.shape[0] != num_bins:
+    if weights.shape[0] != bins:
         raise ValueError(
-            f"{name} must have shape ({num_bins},) to match the frequency bins, "
+            f"{name} must have shape ({bins},) to match the frequency bins, "
             f"got {tuple(weights.shape)}"
         )
     return weights

@@ -20,9 +20,9 @@ DEFAULTS = {
     # same classifier on the inputs (settings of the ReduNet digits experiment).
     "digits": {"layers": 30, "eps_sq": 0.5, "eta": 0.5, "lam": 500.0},
     # The mixtures approach the closed-form plateau within 1% after about 770
-    # layers; 800 layers take a few seconds.
-    "gaussian2d": {"layers": 800, "eps_sq": 0.1, "eta": 0.5, "lam": 500.0},
-    "gaussian3d": {"layers": 800, "eps_sq": 0.1, "eta": 0.5, "lam": 500.0},
+    # layers; 1000 layers take a few seconds.
+    "gaussian2d": {"layers": 1000, "eps_sq": 0.1, "eta": 0.5, "lam": 500.0},
+    "gaussian3d": {"layers": 1000, "eps_sq": 0.1, "eta": 0.5, "lam": 500.0},
     "idx": {"layers": 30, "eps_sq": 0.5, "eta": 0.5, "lam": 500.0},
 }
 

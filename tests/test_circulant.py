@@ -134,24 +134,25 @@ def full_fft(Z):
     return jnp.fft.fftn(Z, axes=axes, norm="ortho").reshape(*Z.shape[:2], -1)
 
 
+@jax.jit
 def full_fft_layer_and_rates(Z, Pi, X, eps_sq, eta, lam):
     m, C = Z.shape[:2]
     T = math.prod(Z.shape[2:])
     Z_full, X_full = full_fft(Z), full_fft(X)
     m_j = Pi.sum(axis=0)
-    I = jnp.eye(C)
+    eye = jnp.eye(C)
 
     Sigma = jnp.einsum("iap,ibp->pab", Z_full, Z_full.conj())
     Sigma_j = jnp.einsum("ij,iap,ibp->jpab", Pi, Z_full, Z_full.conj())
     alpha = C / (m * eps_sq)
     alpha_j = C / (m_j * eps_sq)
-    E_full = alpha * jnp.linalg.inv(I + alpha * Sigma)
+    E_full = alpha * jnp.linalg.inv(eye + alpha * Sigma)
     C_full = alpha_j[:, None, None, None] * jnp.linalg.inv(
-        I + alpha_j[:, None, None, None] * Sigma_j
+        eye + alpha_j[:, None, None, None] * Sigma_j
     )
 
-    r = jnp.sum(jnp.linalg.slogdet(I + alpha * Sigma)[1]) / (2 * T)
-    logdets = jnp.linalg.slogdet(I + alpha_j[:, None, None, None] * Sigma_j)[1]
+    r = jnp.sum(jnp.linalg.slogdet(eye + alpha * Sigma)[1]) / (2 * T)
+    logdets = jnp.linalg.slogdet(eye + alpha_j[:, None, None, None] * Sigma_j)[1]
     rc = jnp.sum(m_j / m * logdets.sum(axis=1)) / (2 * T)
 
     EX = jnp.einsum("pab,mbp->map", E_full, X_full)
@@ -300,12 +301,14 @@ def test_empty_class_and_zero_sample_stay_finite():
     np.testing.assert_allclose(out3, out2, atol=1e-6)
     np.testing.assert_allclose(pihat3[:, [0, 2]], pihat2, atol=1e-6)
 
-    def total(Z):
+    @jax.jit
+    @jax.grad
+    def total_grad(Z):
         layer = _build_circulant(to_fourier(Z), Pi3, EPS_SQ, 6)
         Z_hat_next, _ = _move_circulant(layer, to_fourier(Z), ETA, LAM, weights)
         return jnp.sum(from_fourier(Z_hat_next, signal_shape) ** 2)
 
-    grad = jax.grad(total)(X)
+    grad = total_grad(X)
     assert bool(jnp.all(jnp.isfinite(grad)))
 
 

@@ -111,7 +111,7 @@ def test_gaussian_mixtures_reach_the_closed_form_plateau(name, plateau):
         data.X_train,
         data.y_train,
         num_classes=data.num_classes,
-        num_layers=800,
+        num_layers=1000,
         eta=0.5,
         eps_sq=0.1,
         lam=500.0,
