@@ -50,9 +50,11 @@ def check_float_array(x, name: str, *, ndims: tuple[int, ...]) -> jax.Array:
     if any(s == 0 for s in arr.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
     if is_concrete(arr) and floating:
-        finite = xp.isfinite(arr)
-        if not bool(xp.all(finite)):
-            bad = int(arr.size - xp.sum(finite))
+        # NumPy, not jnp: inside an enclosing jit a jnp call on a captured
+        # concrete array would be staged into the trace instead of evaluated.
+        finite = np.isfinite(np.asarray(arr))
+        if not finite.all():
+            bad = int(arr.size - finite.sum())
             raise ValueError(f"{name} contains {bad} NaN or infinite values")
     if not floating:
         return jnp.asarray(arr, dtype=jnp.result_type(float))

@@ -146,3 +146,12 @@ def test_jit_and_vmap():
 def test_bad_inputs(Z, Pi, eps_sq, error, word):
     with pytest.raises(error, match=word):
         rate_reduction(Z, Pi, eps_sq=eps_sq)
+
+
+def test_public_functions_inside_jit_with_captured_arrays():
+    X, y = blobs(6, 3, 2)
+    Z, Pi = jnp.asarray(X, jnp.float32), jnp.asarray(np.eye(2)[y], jnp.float32)
+    inside = jax.jit(lambda Z: rate_reduction(Z, Pi, eps_sq=0.1).delta_r)(Z)
+    np.testing.assert_allclose(
+        float(inside), float(rate_reduction(Z, Pi, eps_sq=0.1).delta_r), rtol=1e-6
+    )
