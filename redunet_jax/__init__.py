@@ -5,6 +5,11 @@ Every layer is one step of gradient ascent on the rate-reduction objective
 back-propagation of the same objective.
 """
 
+from redunet_jax._circulant import (
+    CirculantLayer,
+    apply_circulant_layer,
+    build_circulant_layer,
+)
 from redunet_jax._classify import (
     evaluate,
     fit_nearest_subspace,
@@ -21,7 +26,9 @@ from redunet_jax._network import (
     rates_per_layer,
     transform,
 )
+from redunet_jax._fourier import bin_weights, fourier_norm, from_fourier, to_fourier
 from redunet_jax._rates import Rates, rate_reduction
+from redunet_jax._spectral_rates import shift_invariant_rate_reduction
 from redunet_jax._vector import VectorLayer, apply_vector_layer, build_vector_layer
 from redunet_jax.data import Dataset, gaussian_mixture, load_dataset, read_idx
 from redunet_jax.io import load, save
@@ -29,17 +36,23 @@ from redunet_jax.io import load, save
 __version__ = "0.1.0"
 
 __all__ = [
+    "CirculantLayer",
     "Dataset",
     "Rates",
     "ReduNet",
     "ReduNetClassifier",
     "VectorLayer",
     "__version__",
+    "apply_circulant_layer",
     "apply_vector_layer",
+    "bin_weights",
+    "build_circulant_layer",
     "build_vector_layer",
     "construct",
     "evaluate",
     "fit_nearest_subspace",
+    "fourier_norm",
+    "from_fourier",
     "gaussian_mixture",
     "load",
     "load_dataset",
@@ -52,5 +65,7 @@ __all__ = [
     "rates_per_layer",
     "read_idx",
     "save",
+    "shift_invariant_rate_reduction",
+    "to_fourier",
     "transform",
 ]

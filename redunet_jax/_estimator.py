@@ -22,6 +22,7 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
       eta: step size.
       eps_sq: distortion ``ε²``.
       lam: inverse temperature of the soft membership.
+      invariant: shift-invariant layers for signals (m, C, T) or (m, C, H, W).
       readout: ``"nearest_subspace"`` (default) or ``"pihat"`` (the network's own
         ``argmax pihat``).
       n_comp: subspace dimension of the nearest-subspace read-out.
@@ -42,6 +43,7 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         eta: float = 0.5,
         eps_sq: float = 0.5,
         lam: float = 500.0,
+        invariant: bool = False,
         readout: str = "nearest_subspace",
         n_comp: int = 10,
     ):
@@ -49,11 +51,12 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.eta = eta
         self.eps_sq = eps_sq
         self.lam = lam
+        self.invariant = invariant
         self.readout = readout
         self.n_comp = n_comp
 
     def fit(self, X, y):
-        """Construct the network on ``X`` (m, d) with labels ``y`` (m,)."""
+        """Construct the network on ``X`` (m, d) (or signals) with labels ``y`` (m,)."""
         if self.readout not in ("nearest_subspace", "pihat"):
             raise ValueError(
                 f"readout must be 'nearest_subspace' or 'pihat', got {self.readout!r}"
@@ -72,10 +75,11 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
             eta=self.eta,
             eps_sq=self.eps_sq,
             lam=self.lam,
+            invariant=self.invariant,
         )
-        self.n_features_in_ = X.shape[1]
+        self.n_features_in_ = int(np.prod(X.shape[1:]))
         if self.readout == "nearest_subspace":
-            n_comp = min(self.n_comp, Z.shape[1])
+            n_comp = min(self.n_comp, self.n_features_in_)
             self.bases_ = fit_nearest_subspace(
                 Z, encoded, num_classes=len(self.classes_), n_comp=n_comp
             )
@@ -86,7 +90,7 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
             raise ValueError("this ReduNetClassifier is not fitted yet; call fit first")
 
     def transform(self, X):
-        """Output features (m, d) of the constructed network."""
+        """Output features of the constructed network, of the shape of ``X``."""
         self._check_fitted()
         return np.asarray(transform(self.net_, np.asarray(X, dtype=np.float32)))
 

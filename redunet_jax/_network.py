@@ -8,8 +8,10 @@ the layer step once, whatever the depth.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +25,49 @@ from redunet_jax._checks import (
     check_positive,
     check_real,
 )
+from redunet_jax._circulant import CirculantLayer, _build_circulant, _move_circulant
+from redunet_jax._fourier import _bin_weights, _irfft, _rfft, check_signals
 from redunet_jax._linalg import safe_norm
 from redunet_jax._rates import Rates, _vector_rates
+from redunet_jax._spectral_rates import _spectral_rates
 from redunet_jax._vector import NORM_FLOOR, VectorLayer, _build, _move
+
+
+class _Domain(NamedTuple):
+    """Where a network's layers work: raw vectors, or rfft coefficients.
+
+    ``encode``/``decode`` move features into and out of that domain once per
+    block of layers; ``build``, ``move`` and ``rates`` work inside it.
+    """
+
+    encode: Callable
+    decode: Callable
+    build: Callable
+    move: Callable
+    rates: Callable
+
+
+def _identity(Z):
+    return Z
+
+
+def _domain(signal_shape: tuple[int, ...] | None) -> _Domain:
+    """Layer functions for vectors (``None``) or signals of a given shape."""
+    if signal_shape is None:
+        return _Domain(_identity, _identity, _build, _move, _vector_rates)
+    positions = math.prod(signal_shape)
+    weights = jnp.asarray(_bin_weights(signal_shape))
+
+    def build(Z_hat, Pi, eps_sq):
+        return _build_circulant(Z_hat, Pi, eps_sq, positions)
+
+    def move(layer, Z_hat, eta, lam, Pi=None):
+        return _move_circulant(layer, Z_hat, eta, lam, weights, Pi)
+
+    def rates(Z_hat, Pi, eps_sq):
+        return _spectral_rates(Z_hat, Pi, eps_sq, weights, positions)
+
+    return _Domain(_rfft, partial(_irfft, signal_shape=signal_shape), build, move, rates)
 
 
 @partial(
@@ -42,15 +84,18 @@ class ReduNet:
 
     Attributes:
       layers: a ``VectorLayer`` whose arrays have a leading axis of length
-        ``num_layers``: E (L, d, d), C (L, k, d, d), gamma (L, k).
+        ``num_layers`` (E (L, d, d), C (L, k, d, d), gamma (L, k)), or a
+        ``CirculantLayer`` of Fourier blocks (E_hat (L, F, C, C), C_hat
+        (L, k, F, C, C), gamma (L, k)).
       eta: step size of every layer.
       lam: inverse temperature of the soft membership.
       eps_sq: distortion used in construction.
       num_classes: number of classes k.
-      input_shape: shape of one input sample, e.g. ``(d,)``.
+      input_shape: shape of one input sample: ``(d,)``, ``(C, T)`` or
+        ``(C, H, W)``.
     """
 
-    layers: VectorLayer
+    layers: VectorLayer | CirculantLayer
     eta: float
     lam: float
     eps_sq: float
@@ -62,6 +107,16 @@ class ReduNet:
         """Number of stacked layers."""
         return int(self.layers.gamma.shape[0])
 
+    @property
+    def invariant(self) -> bool:
+        """Whether the layers are shift-invariant (circulant, Fourier domain)."""
+        return isinstance(self.layers, CirculantLayer)
+
+    @property
+    def signal_shape(self) -> tuple[int, ...] | None:
+        """``(T,)`` or ``(H, W)`` for shift-invariant networks, else ``None``."""
+        return self.input_shape[1:] if self.invariant else None
+
 
 def normalize(Z: ArrayLike) -> jax.Array:
     """Scale every sample (row) of ``Z`` to unit Euclidean norm (zeros stay zero)."""
@@ -70,11 +125,12 @@ def normalize(Z: ArrayLike) -> jax.Array:
     return Z / jnp.expand_dims(safe_norm(Z, axis=axes, floor=NORM_FLOOR), axes)
 
 
-@partial(jax.jit, static_argnames=("use_labels",))
-def _construction_step(Z, Pi, eps_sq, eta, lam, *, use_labels: bool):
-    layer = _build(Z, Pi, eps_sq)
-    Z_next, _ = _move(layer, Z, eta, lam, Pi if use_labels else None)
-    return layer, Z_next, _vector_rates(Z_next, Pi, eps_sq)
+@partial(jax.jit, static_argnames=("use_labels", "signal_shape"))
+def _construction_step(Z, Pi, eps_sq, eta, lam, *, use_labels: bool, signal_shape):
+    domain = _domain(signal_shape)
+    layer = domain.build(Z, Pi, eps_sq)
+    Z_next, _ = domain.move(layer, Z, eta, lam, Pi if use_labels else None)
+    return layer, Z_next, domain.rates(Z_next, Pi, eps_sq)
 
 
 def construct(
@@ -105,14 +161,19 @@ def construct(
     network of any depth compiles it once. Cost per layer O(k m d² + k d³).
 
     Args:
-      X: (m, d) training inputs.
+      X: (m, d) training inputs, or (m, C, T) / (m, C, H, W) signals when
+        ``invariant=True``.
       labels: (m,) integer labels in ``[0, num_classes)``.
       num_classes: number of classes k (>= 2).
       num_layers: number of layers L (>= 1).
       eta: step size ``eta``.
       eps_sq: distortion ``ε²`` (> 0).
       lam: inverse temperature ``lambda`` of the soft membership (>= 0).
-      invariant: shift-invariant layers; not available in this version.
+      invariant: build shift-invariant (circulant) layers for signals ``X`` of
+        shape (m, C, T) or (m, C, H, W); they are built and applied on the
+        rfft coefficients, one C×C block per frequency (cost per layer
+        O(k m C² F + k C³ F) with F = T // 2 + 1 bins), and commute with
+        circular shifts of the signal axes.
       use_labels: move training features with their true memberships (the
         paper's variant) instead of the estimated ``pihat`` (the reference
         behaviour, which moves training and test data through the same map).
@@ -120,7 +181,8 @@ def construct(
         the rates of the new training features under the true labels.
 
     Returns:
-      ``(net, Z)``: the network and the (m, d) output training features.
+      ``(net, Z)``: the network and the output training features, of the shape
+      of ``X``.
 
     Raises:
       ValueError: for wrong shapes, labels out of range, non-finite inputs,
@@ -146,19 +208,19 @@ def construct(
     lam = check_real(lam, "lam")
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
-    if invariant:
-        raise NotImplementedError(
-            "invariant=True (shift-invariant layers) is not available yet"
-        )
-    X = check_float_array(X, "X", ndims=(2,))
+    X = check_signals(X, "X") if invariant else check_float_array(X, "X", ndims=(2,))
     y = check_labels(labels, "labels", m=X.shape[0], num_classes=num_classes)
+    signal_shape = tuple(X.shape[2:]) if invariant else None
+    domain = _domain(signal_shape)
 
-    Z = normalize(X)
-    Pi = jax.nn.one_hot(y, num_classes, dtype=Z.dtype)
-    hyper = [jnp.asarray(v, Z.dtype) for v in (eps_sq, eta, lam)]
+    Z = domain.encode(normalize(X))
+    Pi = jax.nn.one_hot(y, num_classes, dtype=X.dtype)
+    hyper = [jnp.asarray(v, X.dtype) for v in (eps_sq, eta, lam)]
     layers = []
     for index in range(num_layers):
-        layer, Z, rates = _construction_step(Z, Pi, *hyper, use_labels=use_labels)
+        layer, Z, rates = _construction_step(
+            Z, Pi, *hyper, use_labels=use_labels, signal_shape=signal_shape
+        )
         if not np.isfinite(float(rates.delta_r)):
             raise ValueError(
                 f"layer {index} produced non-finite features; try a larger eps_sq "
@@ -177,11 +239,13 @@ def construct(
         num_classes=num_classes,
         input_shape=tuple(X.shape[1:]),
     )
-    return net, Z
+    return net, domain.decode(Z)
 
 
 def _check_input(net: ReduNet, X) -> jax.Array:
     X = check_float_array(X, "X", ndims=(len(net.input_shape) + 1,))
+    if net.invariant:
+        X = check_signals(X, "X")
     if tuple(X.shape[1:]) != net.input_shape:
         raise ValueError(
             f"X samples must have shape {net.input_shape} for this network, "
@@ -190,20 +254,18 @@ def _check_input(net: ReduNet, X) -> jax.Array:
     return X
 
 
-def _layer_map(net: ReduNet, Z, layer):
-    return _move(layer, Z, net.eta, net.lam)
-
-
 @jax.jit
 def _forward(net: ReduNet, X):
+    domain = _domain(net.signal_shape)
+
     def body(carry, layer):
-        Z_next, pihat = _layer_map(net, carry[0], layer)
+        Z_next, pihat = domain.move(layer, carry[0], net.eta, net.lam)
         return (Z_next, pihat), None
 
-    Z = normalize(X)
-    m, k = Z.shape[0], net.num_classes
-    (Z, pihat), _ = jax.lax.scan(body, (Z, jnp.zeros((m, k), Z.dtype)), net.layers)
-    return Z, pihat
+    Z = domain.encode(normalize(X))
+    pihat = jnp.zeros((X.shape[0], net.num_classes), X.dtype)
+    (Z, pihat), _ = jax.lax.scan(body, (Z, pihat), net.layers)
+    return domain.decode(Z), pihat
 
 
 def transform(net: ReduNet, X) -> jax.Array:
@@ -259,16 +321,17 @@ def predict(net: ReduNet, X) -> jax.Array:
 @jax.jit
 def _rates_scan(net: ReduNet, X, Pi):
     k = net.num_classes
+    domain = _domain(net.signal_shape)
 
     def body(Z, layer):
-        Z_next, pihat = _layer_map(net, Z, layer)
-        estimated = jax.nn.one_hot(jnp.argmax(pihat, axis=-1), k, dtype=Z.dtype)
-        true = _vector_rates(Z_next, Pi, net.eps_sq)
-        return Z_next, (true, _vector_rates(Z_next, estimated, net.eps_sq))
+        Z_next, pihat = domain.move(layer, Z, net.eta, net.lam)
+        estimated = jax.nn.one_hot(jnp.argmax(pihat, axis=-1), k, dtype=Pi.dtype)
+        true = domain.rates(Z_next, Pi, net.eps_sq)
+        return Z_next, (true, domain.rates(Z_next, estimated, net.eps_sq))
 
-    Z = normalize(X)
+    Z = domain.encode(normalize(X))
     _, (true, estimated) = jax.lax.scan(body, Z, net.layers)
-    return _vector_rates(Z, Pi, net.eps_sq), true, estimated
+    return domain.rates(Z, Pi, net.eps_sq), true, estimated
 
 
 def rates_per_layer(net: ReduNet, X, labels) -> dict[str, Rates]:

@@ -15,24 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULTS = {
-    # Chosen so that the nearest-subspace test accuracy on digits beats the
-    # same classifier on the inputs (settings of the ReduNet digits experiment).
-    "digits": {"layers": 30, "eps_sq": 0.5, "eta": 0.5, "lam": 500.0},
-    # The mixtures approach the closed-form plateau within 1% after about 770
-    # layers; 1000 layers take a few seconds.
-    "gaussian2d": {"layers": 1000, "eps_sq": 0.1, "eta": 0.5, "lam": 500.0},
-    "gaussian3d": {"layers": 1000, "eps_sq": 0.1, "eta": 0.5, "lam": 500.0},
-    "idx": {"layers": 30, "eps_sq": 0.5, "eta": 0.5, "lam": 500.0},
-}
-
-
 class CLIError(Exception):
     """A user error reported as one line, with exit status 2."""
-
-
-def _defaults_for(dataset: str) -> dict:
-    return DEFAULTS["idx" if dataset.startswith("idx:") else dataset]
 
 
 def _positive_int(text: str) -> int:
@@ -64,7 +48,19 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _dataset_name(text: str) -> str:
+    from redunet_jax._experiment import DEFAULTS
+
     if text in DEFAULTS and text != "idx" or text.startswith("idx:") and len(text) > 4:
         return text
     names = ", ".join([n for n in DEFAULTS if n != "idx"] + ["idx:PATH"])
@@ -86,6 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=_dataset_name,
         default="digits",
         help="digits (default), gaussian2d, gaussian3d or idx:PATH",
+    )
+    fit.add_argument(
+        "--invariant",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="shift-invariant layers (default per data set)",
+    )
+    fit.add_argument(
+        "--lift-channels",
+        type=_non_negative_int,
+        help="lifting channels of invariant networks (0: no lifting)",
+    )
+    fit.add_argument("--kernel-size", type=_positive_int, help="lifting kernel size")
+    fit.add_argument(
+        "--radii", type=_positive_int, help="polar radii of digits-rotation (default 8)"
+    )
+    fit.add_argument(
+        "--angles", type=_positive_int, help="polar angles of digits-rotation (default 32)"
     )
     fit.add_argument("--layers", type=_positive_int, help="number of layers")
     fit.add_argument("--eta", type=_positive_float, help="step size")
@@ -113,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="reload a run and score it again")
     evaluate.add_argument("run", type=Path, help="folder written by 'redunet fit'")
+    evaluate.add_argument("--shifts", action="store_true",
+                          help="also score circularly shifted test sets "
+                          "(shifts -8, -4, 0, 4, 8 per signal axis)")
     return parser
 
 
@@ -152,31 +169,34 @@ def _rates_lists(start, per_layer) -> dict:
     }
 
 
-def _score(net, data, n_comp: int) -> tuple[dict, dict, object, object]:
+def _load(config: dict):
+    """The run's data set and its network inputs (lifted or flattened)."""
+    from redunet_jax import load_dataset
+    from redunet_jax._experiment import prepare
+
+    extra = {key: config[key] for key in ("radii", "angles") if key in config}
+    raw = load_dataset(
+        config["dataset"], seed=config["seed"], test_size=config["test_size"], **extra
+    )
+    X_train = prepare(raw.X_train, config, seed=config["seed"])
+    X_test = prepare(raw.X_test, config, seed=config["seed"])
+    return raw, X_train, X_test
+
+
+def _score(net, X_train, y_train, X_test, y_test, *, num_classes: int, n_comp: int):
     import numpy as np
 
     from redunet_jax import evaluate, predict, rates_per_layer, transform
 
-    Z_train = transform(net, data.X_train)
-    Z_test = transform(net, data.X_test)
+    Z_train = transform(net, X_train)
+    Z_test = transform(net, X_test)
+    n_comp = min(n_comp, int(np.prod(Z_train.shape[1:])))
     accuracy = evaluate(
-        Z_train,
-        data.y_train,
-        Z_test,
-        data.y_test,
-        num_classes=data.num_classes,
-        n_comp=n_comp,
+        Z_train, y_train, Z_test, y_test, num_classes=num_classes, n_comp=n_comp
     )
-    for split, X, y in (
-        ("train", data.X_train, data.y_train),
-        ("test", data.X_test, data.y_test),
-    ):
-        accuracy[split]["pihat"] = float(np.mean(np.asarray(predict(net, X)) == y))
     rates = {}
-    for split, X, y in (
-        ("train", data.X_train, data.y_train),
-        ("test", data.X_test, data.y_test),
-    ):
+    for split, X, y in (("train", X_train, y_train), ("test", X_test, y_test)):
+        accuracy[split]["pihat"] = float(np.mean(np.asarray(predict(net, X)) == y))
         res = rates_per_layer(net, X, y)
         rates[split] = {
             "true": _rates_lists(res["input"], res["true"]),
@@ -216,43 +236,44 @@ def _summary(metrics: dict) -> str:
     return f"{text}\nconstruction {t['construct']:.2f} s ({layers} layers)"
 
 
+def _fit_config(args) -> dict:
+    from redunet_jax._experiment import defaults_for
+
+    config = defaults_for(args.dataset)
+    for key in ("layers", "eta", "eps_sq", "lam", "invariant", "lift_channels",
+                "kernel_size", "radii", "angles"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    if args.dataset == "digits-rotation":
+        config.setdefault("radii", 8)
+        config.setdefault("angles", 32)
+    config.update(dataset=args.dataset, seed=args.seed, test_size=args.test_size,
+                  use_labels=args.use_labels)
+    return config
+
+
 def _run_fit(args) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
-    from redunet_jax import construct, evaluate, load_dataset, normalize, save
+    from redunet_jax import construct, evaluate, normalize, save
     from redunet_jax.io import atomic_write_bytes
     from redunet_jax.plots import plot_cosine, plot_rates
 
-    config = dict(_defaults_for(args.dataset))
-    for key in ("layers", "eta", "eps_sq", "lam"):
-        if getattr(args, key) is not None:
-            config[key] = getattr(args, key)
-    out = _writable_folder(
-        args.out or Path("runs") / args.dataset.replace(":", "_").replace("/", "_")
-    )
+    config = _fit_config(args)
+    name = args.dataset.replace(":", "_").replace("/", "_")
+    out = _writable_folder(args.out or Path("runs") / name)
 
     timings = {}
     start = time.perf_counter()
-    data = load_dataset(args.dataset, seed=args.seed, test_size=args.test_size)
+    raw, X_train, X_test = _load(config)
     timings["load"] = time.perf_counter() - start
-    n_comp = args.n_comp or data.n_comp
-    config.update(
-        dataset=args.dataset,
-        seed=args.seed,
-        test_size=args.test_size,
-        n_comp=n_comp,
-        use_labels=args.use_labels,
-        num_classes=data.num_classes,
-    )
+    n_comp = args.n_comp or raw.n_comp
+    config.update(n_comp=n_comp, num_classes=raw.num_classes,
+                  input_shape=list(X_train.shape[1:]))
 
-    bar = tqdm(
-        total=config["layers"],
-        desc="layers",
-        unit="layer",
-        disable=args.quiet,
-        file=sys.stderr,
-    )
+    bar = tqdm(total=config["layers"], desc="layers", unit="layer",
+               disable=args.quiet, file=sys.stderr)
 
     def progress(index, rates):
         bar.update(1)
@@ -260,15 +281,10 @@ def _run_fit(args) -> int:
 
     start = time.perf_counter()
     net, Z = construct(
-        data.X_train,
-        data.y_train,
-        num_classes=data.num_classes,
-        num_layers=config["layers"],
-        eta=config["eta"],
-        eps_sq=config["eps_sq"],
-        lam=config["lam"],
-        use_labels=args.use_labels,
-        callback=progress,
+        X_train, raw.y_train, num_classes=raw.num_classes,
+        num_layers=config["layers"], eta=config["eta"], eps_sq=config["eps_sq"],
+        lam=config["lam"], invariant=config["invariant"],
+        use_labels=args.use_labels, callback=progress,
     )
     Z.block_until_ready()
     timings["construct"] = time.perf_counter() - start
@@ -276,20 +292,20 @@ def _run_fit(args) -> int:
     bar.close()
 
     start = time.perf_counter()
-    accuracy, rates, Z_train, Z_test = _score(net, data, n_comp)
-    baseline = evaluate(
-        normalize(data.X_train),
-        data.y_train,
-        normalize(data.X_test),
-        data.y_test,
-        num_classes=data.num_classes,
-        n_comp=n_comp,
+    accuracy, rates, Z_train, Z_test = _score(
+        net, X_train, raw.y_train, X_test, raw.y_test,
+        num_classes=raw.num_classes, n_comp=n_comp,
     )
+    flat_train = normalize(np.asarray(raw.X_train).reshape(len(raw.y_train), -1))
+    flat_test = normalize(np.asarray(raw.X_test).reshape(len(raw.y_test), -1))
+    baseline = evaluate(flat_train, raw.y_train, flat_test, raw.y_test,
+                        num_classes=raw.num_classes,
+                        n_comp=min(n_comp, flat_train.shape[1]))
     timings["evaluate"] = time.perf_counter() - start
 
     metrics = {
         "config": config,
-        "samples": {"train": int(len(data.y_train)), "test": int(len(data.y_test))},
+        "samples": {"train": int(len(raw.y_train)), "test": int(len(raw.y_test))},
         "rates": rates,
         "accuracy": accuracy,
         "baseline_accuracy": baseline,
@@ -299,20 +315,50 @@ def _run_fit(args) -> int:
     save(out / "network.npz", net)
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     plot_rates(rates, out / "rates.png", title=f"ReduNet on {args.dataset}")
-    plot_cosine(
-        {"test inputs": normalize(data.X_test), "test outputs": np.asarray(Z_test)},
-        data.y_test,
-        out / "cosine.png",
-    )
-    sys.stdout.write(
-        _summary(metrics) + f"\nwrote {out}/ (network.npz, metrics.json, "
-        "rates.png, cosine.png)\n"
-    )
+    plot_cosine({"test inputs": normalize(X_test), "test outputs": np.asarray(Z_test)},
+                raw.y_test, out / "cosine.png")
+    sys.stdout.write(_summary(metrics) + f"\nwrote {out}/ (network.npz, metrics.json, "
+                     "rates.png, cosine.png)\n")
     return 0
 
 
+def _shift_table(net, raw, config: dict, bases) -> tuple[list, dict]:
+    """Accuracy on every circularly shifted copy of the test set."""
+    import numpy as np
+
+    from redunet_jax import predict_nearest_subspace, predict_proba, transform
+    from redunet_jax._experiment import prepare, roll, shift_grid
+
+    if np.ndim(raw.X_test) < 3:
+        raise CLIError(
+            f"--shifts needs a data set of signals or images; {config['dataset']} "
+            "holds vectors"
+        )
+    results = []
+    for shift in shift_grid(raw.X_test):
+        X = prepare(roll(raw.X_test, shift), config, seed=config["seed"])
+        guess = predict_nearest_subspace(bases, transform(net, X))
+        results.append((shift, guess, np.asarray(predict_proba(net, X))))
+    _, base_guess, base_pihat = next(r for r in results if not any(r[0]))
+
+    table = []
+    worst = {"changed_predictions": 0, "max_pihat_change": 0.0}
+    for shift, guess, pihat in results:
+        changed = max(int(np.sum(guess != base_guess)),
+                      int(np.sum(pihat.argmax(1) != base_pihat.argmax(1))))
+        worst["changed_predictions"] = max(worst["changed_predictions"], changed)
+        worst["max_pihat_change"] = max(worst["max_pihat_change"],
+                                        float(np.max(np.abs(pihat - base_pihat))))
+        table.append({
+            "shift": list(shift),
+            "nearest_subspace": float(np.mean(guess == raw.y_test)),
+            "pihat": float(np.mean(pihat.argmax(1) == raw.y_test)),
+        })
+    return table, worst
+
+
 def _run_evaluate(args) -> int:
-    from redunet_jax import load, load_dataset
+    from redunet_jax import fit_nearest_subspace, load, transform
 
     metrics_path = args.run / "metrics.json"
     if not metrics_path.is_file():
@@ -320,28 +366,42 @@ def _run_evaluate(args) -> int:
     try:
         stored = json.loads(metrics_path.read_text())
         config = stored["config"]
-        dataset, seed, test_size = (
-            config["dataset"],
-            config["seed"],
-            config["test_size"],
-        )
+        config["dataset"], config["seed"], config["test_size"]  # noqa: B018
+        config.setdefault("invariant", False)
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CLIError(f"{metrics_path} is not a valid metrics file ({err})") from None
     net = load(args.run / "network.npz")
-    data = load_dataset(dataset, seed=seed, test_size=test_size)
-    accuracy, _, _, _ = _score(net, data, config.get("n_comp", data.n_comp))
+    raw, X_train, X_test = _load(config)
+    n_comp = config.get("n_comp", raw.n_comp)
+    accuracy, _, Z_train, _ = _score(
+        net, X_train, raw.y_train, X_test, raw.y_test,
+        num_classes=raw.num_classes, n_comp=n_comp,
+    )
     rows: list[tuple[str, ...]] = [("accuracy", "train", "test", "stored test")]
     for name in ("nearest_subspace", "svm", "knn", "pihat"):
         before = stored.get("accuracy", {}).get("test", {}).get(name)
-        rows.append(
-            (
-                name,
-                f"{accuracy['train'][name]:.4f}",
-                f"{accuracy['test'][name]:.4f}",
-                "-" if before is None else f"{before:.4f}",
-            )
+        rows.append((name, f"{accuracy['train'][name]:.4f}", f"{accuracy['test'][name]:.4f}",
+                     "-" if before is None else f"{before:.4f}"))
+    text = _table(rows)
+    if args.shifts:
+        bases = fit_nearest_subspace(
+            Z_train, raw.y_train, num_classes=raw.num_classes,
+            n_comp=min(n_comp, int(X_train[0].size)),
         )
-    sys.stdout.write(_table(rows) + "\n")
+        table, worst = _shift_table(net, raw, config, bases)
+        shift_rows: list[tuple[str, ...]] = [("shift", "nearest_subspace", "pihat")]
+        for row in table:
+            shift_rows.append((str(tuple(row["shift"])), f"{row['nearest_subspace']:.4f}",
+                               f"{row['pihat']:.4f}"))
+        text += "\n\n" + _table(shift_rows)
+        text += (f"\nlargest number of changed predictions: "
+                 f"{worst['changed_predictions']} of {len(raw.y_test)}; largest change "
+                 f"in pihat: {worst['max_pihat_change']:.2e}")
+        from redunet_jax.io import atomic_write_bytes
+
+        report = {"accuracy": accuracy, "shifts": table, "worst": worst}
+        atomic_write_bytes(args.run / "shifts.json", json.dumps(report, indent=2).encode())
+    sys.stdout.write(text + "\n")
     return 0
 
 

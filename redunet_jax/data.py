@@ -4,6 +4,17 @@
   classes), standardized with statistics of the training split.
 * ``gaussian2d`` / ``gaussian3d``: seeded Gaussian mixtures on the unit circle
   and sphere (2 and 3 classes, 500 samples per class and split).
+* ``sinusoids``: two classes of noisy periodic waves of length 150 (sine and
+  square waves of equal power, random phase), 400 per class, shape (m, 1, 150).
+* ``digits-translation``: the 8×8 digits as one-channel images (m, 1, 8, 8),
+  scaled to [0, 1] (no per-pixel statistics, which would break translation
+  symmetry).
+* ``digits-rotation``: the digits upsampled to 32×32 and resampled on a polar
+  grid (``radii`` × ``angles``), so that rotations are circular shifts along
+  the angle axis; radii become channels, shape (m, radii, angles).
+* ``mnist1d``: the procedurally generated MNIST-1D signals (4000 + 1000 of
+  length 40, shape (m, 1, 40)) from the ``mnist1d`` package, generated
+  locally.
 * ``idx:PATH``: MNIST-format IDX files that the user already has (a folder
   holding ``train-images-idx3-ubyte`` and ``train-labels-idx1-ubyte``, and
   optionally the ``t10k-*`` test files; ``.gz`` copies are read as well).
@@ -20,7 +31,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-DATASETS = ("digits", "gaussian2d", "gaussian3d", "idx:PATH")
+DATASETS = (
+    "digits",
+    "gaussian2d",
+    "gaussian3d",
+    "sinusoids",
+    "digits-translation",
+    "digits-rotation",
+    "mnist1d",
+    "idx:PATH",
+)
 
 _IDX_TYPES = {
     0x08: np.dtype(np.uint8),
@@ -58,11 +78,14 @@ def load_dataset(
     """Load a built-in data set by name.
 
     Args:
-      name: one of ``digits``, ``gaussian2d``, ``gaussian3d`` or ``idx:PATH``.
+      name: one of ``digits``, ``gaussian2d``, ``gaussian3d``, ``sinusoids``,
+        ``digits-translation``, ``digits-rotation``, ``mnist1d`` or ``idx:PATH``.
       seed: seed of the split (``random_state``) and of generated data.
       test_size: fraction of samples held out (0 < test_size < 1); ignored by
-        the Gaussian mixtures, which draw a separate test set, and by IDX
-        folders that hold test files.
+        the Gaussian mixtures, which draw a separate test set, by ``mnist1d``
+        (fixed 4000/1000 split) and by IDX folders that hold test files.
+      radii: polar radii (channels) of ``digits-rotation``.
+      angles: polar angles (signal length) of ``digits-rotation``.
 
     Returns:
       A ``Dataset``.
@@ -86,6 +109,14 @@ def load_dataset(
         return _digits(seed, test_size)
     if name in ("gaussian2d", "gaussian3d"):
         return gaussian_mixture(dim=int(name[-2]), samples_per_class=500, seed=seed)
+    if name == "sinusoids":
+        return sinusoids(seed=seed, test_size=test_size)
+    if name == "digits-translation":
+        return _digits_images(seed, test_size)
+    if name == "digits-rotation":
+        return _digits_polar(seed, test_size, radii=radii, angles=angles)
+    if name == "mnist1d":
+        return _mnist1d(seed)
     if name.startswith("idx:"):
         return _idx_folder(Path(name[4:]), seed, test_size)
     raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
@@ -256,4 +287,94 @@ def _idx_folder(folder: Path, seed: int, test_size: float) -> Dataset:
         classes,
         f"idx:{folder}",
         10,
+    )
+
+
+def sinusoids(
+    *,
+    samples_per_class: int = 400,
+    length: int = 150,
+    cycles: int = 5,
+    noise: float = 0.5,
+    seed: int = 0,
+    test_size: float = 0.3,
+) -> Dataset:
+    """Two classes of noisy periodic signals: sine waves and square waves.
+
+    Both classes have ``cycles`` periods over ``length`` samples, unit power,
+    a uniformly random phase (a random, not necessarily integer, shift) and
+    white Gaussian noise of standard deviation ``noise``. Shapes (m, 1, T).
+
+    Args:
+      samples_per_class: samples per class before the split.
+      length: signal length T.
+      cycles: periods per signal.
+      noise: noise standard deviation.
+      seed: generator and split seed.
+      test_size: held-out fraction.
+
+    Returns:
+      A ``Dataset`` with ``n_comp = 1``.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(2), samples_per_class)
+    phase = rng.uniform(0, 2 * np.pi, size=len(y))
+    t = np.arange(length) / length
+    wave = np.sin(2 * np.pi * cycles * t[None] + phase[:, None])
+    X = np.where(y[:, None] == 0, np.sqrt(2.0) * wave, np.sign(wave))
+    X = X + noise * rng.standard_normal(X.shape)
+    X_train, X_test, y_train, y_test = _split(X[:, None, :], y, seed, test_size)
+    return _as_dataset(X_train, y_train, X_test, y_test, 2, "sinusoids", 1)
+
+
+def _as_dataset(X_train, y_train, X_test, y_test, k, name, n_comp) -> Dataset:
+    return Dataset(
+        np.asarray(X_train, np.float32),
+        np.asarray(y_train, np.int32),
+        np.asarray(X_test, np.float32),
+        np.asarray(y_test, np.int32),
+        k,
+        name,
+        n_comp,
+    )
+
+
+def _digit_images():
+    from sklearn.datasets import load_digits
+
+    images, y = load_digits(return_X_y=True)
+    return np.asarray(images).reshape(-1, 8, 8) / 16.0, np.asarray(y)
+
+
+def _digits_images(seed, test_size) -> Dataset:
+    images, y = _digit_images()
+    X_train, X_test, y_train, y_test = _split(images[:, None], y, seed, test_size)
+    return _as_dataset(X_train, y_train, X_test, y_test, 10, "digits-translation", 10)
+
+
+def _digits_polar(seed, test_size, *, radii: int, angles: int) -> Dataset:
+    import jax
+
+    from redunet_jax._lift import polar_resample
+
+    images, y = _digit_images()
+    large = jax.image.resize(images.astype(np.float32), (len(images), 32, 32), "cubic")
+    polar = np.asarray(polar_resample(large, radii=radii, angles=angles))
+    X_train, X_test, y_train, y_test = _split(polar, y, seed, test_size)
+    return _as_dataset(X_train, y_train, X_test, y_test, 10, "digits-rotation", 10)
+
+
+def _mnist1d(seed) -> Dataset:
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise ValueError(
+            "the mnist1d data set needs the mnist1d package: pip install mnist1d"
+        ) from err
+    args = get_dataset_args()
+    args.seed = 42 + seed  # seed 0 gives the standard MNIST-1D (generator seed 42)
+    data = make_dataset(args)  # generated locally; never downloads
+    return _as_dataset(
+        data["x"][:, None], data["y"], data["x_test"][:, None], data["y_test"], 10,
+        "mnist1d", 10,
     )

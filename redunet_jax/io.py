@@ -17,8 +17,12 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from redunet_jax._circulant import CirculantLayer
+from redunet_jax._fourier import num_bins
 from redunet_jax._network import ReduNet
 from redunet_jax._vector import VectorLayer
+
+_LAYER_TYPES = {"vector": VectorLayer, "circulant": CirculantLayer}
 
 FORMAT = "redunet_jax.network"
 FORMAT_VERSION = 1
@@ -72,7 +76,7 @@ def save(path: str | os.PathLike, net: ReduNet) -> None:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
-        "layer_type": "vector",
+        "layer_type": "circulant" if net.invariant else "vector",
         "eta": net.eta,
         "lam": net.lam,
         "eps_sq": net.eps_sq,
@@ -139,12 +143,13 @@ def _from_parts(path: Path, config: dict, arrays: dict) -> ReduNet:
             f"library supports ({FORMAT_VERSION}); upgrade redunet_jax "
             f"(file written by version {config.get('library_version')})"
         )
-    if config.get("layer_type") != "vector":
+    layer_type = _LAYER_TYPES.get(config.get("layer_type"))
+    if layer_type is None:
         raise ValueError(
             f"{path} holds layer type {config.get('layer_type')!r}, which this "
             "version cannot load"
         )
-    fields = VectorLayer._fields
+    fields = layer_type._fields
     missing = [name for name in fields if name not in arrays]
     if missing:
         raise ValueError(f"{path} lacks arrays {missing}")
@@ -155,7 +160,8 @@ def _from_parts(path: Path, config: dict, arrays: dict) -> ReduNet:
                 f"{path}: array {name} has shape {arrays[name].shape}, config says "
                 f"{expected}"
             )
-    layers = VectorLayer(**{name: jnp.asarray(arrays[name]) for name in fields})
+    _check_consistent(path, config, arrays)
+    layers = layer_type(**{name: jnp.asarray(arrays[name]) for name in fields})
     if not all(bool(jnp.all(jnp.isfinite(a))) for a in layers):
         raise ValueError(f"{path} holds non-finite operators")
     return ReduNet(
@@ -166,3 +172,22 @@ def _from_parts(path: Path, config: dict, arrays: dict) -> ReduNet:
         num_classes=int(config["num_classes"]),
         input_shape=tuple(int(s) for s in config["input_shape"]),
     )
+
+
+def _check_consistent(path: Path, config: dict, arrays: dict) -> None:
+    """Arrays must agree with each other and with the input shape and classes."""
+    shape = tuple(int(s) for s in config["input_shape"])
+    k = int(config["num_classes"])
+    if config["layer_type"] == "vector":
+        expected = {"E": (shape[0], shape[0]), "C": (k, shape[0], shape[0])}
+    else:
+        C, F = shape[0], num_bins(shape[1:])
+        expected = {"E_hat": (F, C, C), "C_hat": (k, F, C, C)}
+    expected["gamma"] = (k,)
+    layers = int(config["num_layers"])
+    for name, tail in expected.items():
+        if arrays[name].shape != (layers, *tail):
+            raise ValueError(
+                f"{path}: array {name} has shape {arrays[name].shape}, expected "
+                f"{(layers, *tail)} for input shape {shape} and {k} classes"
+            )
