@@ -29,8 +29,11 @@ def numpy_construct(X, y, num_classes, num_layers, eta, eps_sq, lam):
         m_j = Pi.sum(axis=0)
         C = np.stack(
             [
-                d / (m_j[j] * eps_sq)
-                * np.linalg.inv(np.eye(d) + d / (m_j[j] * eps_sq) * (Z.T * Pi[:, j]) @ Z)
+                d
+                / (m_j[j] * eps_sq)
+                * np.linalg.inv(
+                    np.eye(d) + d / (m_j[j] * eps_sq) * (Z.T * Pi[:, j]) @ Z
+                )
                 for j in range(num_classes)
             ]
         )
@@ -63,7 +66,9 @@ def run_case(name, X, y, k, layers, hyper):
     Z_ref = numpy_construct(X.astype(np.float64), y, k, layers, **hyper)
     max_error = float(np.max(np.abs(Z - Z_ref)))
     ours_s = best_of(ours)
-    numpy_s = best_of(lambda: numpy_construct(X.astype(np.float64), y, k, layers, **hyper))
+    numpy_s = best_of(
+        lambda: numpy_construct(X.astype(np.float64), y, k, layers, **hyper)
+    )
     return {
         "case": name,
         "m": int(X.shape[0]),
@@ -103,8 +108,12 @@ def main():
             raise SystemExit(f"JAX and NumPy disagree on {row['case']}")
     path = write_json(
         "bench_vector.json",
-        {"benchmark": "vector construction", "hyperparameters": hyper,
-         "environment": environment(), "results": results},
+        {
+            "benchmark": "vector construction",
+            "hyperparameters": hyper,
+            "environment": environment(),
+            "results": results,
+        },
         out=None if args.out is None else __import__("pathlib").Path(args.out),
     )
     print(f"wrote {path}")

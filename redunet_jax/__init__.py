@@ -17,6 +17,7 @@ from redunet_jax._classify import (
     predict_nearest_subspace,
 )
 from redunet_jax._estimator import ReduNetClassifier
+from redunet_jax._fourier import bin_weights, fourier_norm, from_fourier, to_fourier
 from redunet_jax._network import (
     ReduNet,
     construct,
@@ -26,7 +27,6 @@ from redunet_jax._network import (
     rates_per_layer,
     transform,
 )
-from redunet_jax._fourier import bin_weights, fourier_norm, from_fourier, to_fourier
 from redunet_jax._rates import Rates, rate_reduction
 from redunet_jax._spectral_rates import shift_invariant_rate_reduction
 from redunet_jax._vector import VectorLayer, apply_vector_layer, build_vector_layer

@@ -21,9 +21,13 @@ import jax.numpy as jnp
 
 from redunet_jax._checks import check_int, check_memberships, check_positive, check_real
 from redunet_jax._fourier import check_fourier, check_weights, weighted_sq_norm
-from redunet_jax._linalg import scaled_inverse
-from redunet_jax._rates import class_counts
-from redunet_jax._spectral_rates import fourier_covariances
+from redunet_jax._linalg import scaled_inverse_and_logdet
+from redunet_jax._rates import Rates, class_counts, rates_from_logdets
+from redunet_jax._spectral_rates import (
+    fourier_covariances,
+    frequency_average,
+    spectral_scales,
+)
 from redunet_jax._vector import NORM_FLOOR, soft_membership
 
 
@@ -42,29 +46,37 @@ class CirculantLayer(NamedTuple):
     gamma: jax.Array
 
 
-def _build_circulant(Z_hat: jax.Array, Pi: jax.Array, eps_sq, num_positions):
-    """Traced construction; the blocks themselves do not depend on ``num_positions``.
+def _build_circulant_with_rates(
+    Z_hat: jax.Array, Pi: jax.Array, eps_sq, weights: jax.Array, num_positions
+) -> tuple[CirculantLayer, Rates]:
+    """Blocks built from ``Z_hat`` and the rates of ``Z_hat``, one factorization.
 
     With the orthonormal DFT the 1/T of the dense operators cancels against the
-    T of the block-diagonalized covariance, so ``num_positions`` only serves the
-    rates, which share this signature.
+    T of the block-diagonalized covariance, so the blocks do not depend on
+    ``num_positions``; the rates, an average over frequencies, do.
     """
-    del num_positions
-    m, C, _ = Z_hat.shape
-    real_dtype = jnp.finfo(Z_hat.dtype).dtype
-    Pi = Pi.astype(real_dtype)
+    m = Z_hat.shape[0]
+    Pi = Pi.astype(jnp.finfo(Z_hat.dtype).dtype)
     m_j, safe_m_j = class_counts(Pi)
     stacked = fourier_covariances(Z_hat, Pi)
 
     # E is the "class" whose membership is all ones: factoring the k + 1 stacks
     # in one batched Cholesky call also avoids a CPU scheduling hang seen with
     # two concurrent batched factorizations in one compiled step.
-    alpha = jnp.asarray(C / (m * eps_sq), real_dtype)
-    scales = jnp.concatenate([alpha[None], C / (safe_m_j * eps_sq)])
-    operators = scaled_inverse(stacked, scales[:, None])
+    operators, logdets = scaled_inverse_and_logdet(
+        stacked, spectral_scales(Z_hat, safe_m_j, eps_sq)
+    )
 
     C_hat = jnp.where((m_j > 0)[:, None, None, None], operators[1:], 0.0)
-    return CirculantLayer(E_hat=operators[0], C_hat=C_hat, gamma=m_j / m)
+    layer = CirculantLayer(E_hat=operators[0], C_hat=C_hat, gamma=m_j / m)
+    averages = frequency_average(logdets, weights, num_positions)
+    return layer, rates_from_logdets(averages, m_j, m)
+
+
+def _build_circulant(Z_hat: jax.Array, Pi: jax.Array, eps_sq, num_positions):
+    """Traced construction of the blocks alone (the rates are left unused)."""
+    weights = jnp.ones(Z_hat.shape[-1], jnp.finfo(Z_hat.dtype).dtype)
+    return _build_circulant_with_rates(Z_hat, Pi, eps_sq, weights, num_positions)[0]
 
 
 _build_circulant_jit = jax.jit(_build_circulant)

@@ -35,18 +35,37 @@ def logdet_shifted(S: jax.Array, a: jax.Array) -> jax.Array:
     return 2.0 * jnp.sum(jnp.log(diag), axis=-1)
 
 
-def scaled_inverse(S: jax.Array, a: jax.Array) -> jax.Array:
-    """Return ``a * inv(I + a * S)`` for a stack of matrices, one Cholesky call.
+def scaled_inverse_and_logdet(S: jax.Array, a: jax.Array):
+    """Return ``a * inv(I + a * S)`` and ``logdet(I + a * S)`` from one Cholesky call.
 
     The operators of a ReduNet layer are these matrices themselves (they are
     applied to test data later), so the inverse is formed explicitly, as a
-    Cholesky solve against ``a * I``.
+    Cholesky solve against ``a * I``. The log-determinants of the same factor
+    give the rates of the features the layer was built from, so a layer step
+    needs a single batched factorization. (Two concurrent batched
+    factorizations in one compiled CPU program have been seen to deadlock in
+    jaxlib 0.10; keeping one per program avoids that as well.)
+
+    Args:
+      S: (..., n, n) Hermitian positive semi-definite matrices.
+      a: (...) non-negative scales.
+
+    Returns:
+      ``(operators, logdets)`` of shapes (..., n, n) and (...).
     """
     n = S.shape[-1]
     L = jnp.linalg.cholesky(_shifted(S, a))
     rhs = a[..., None, None] * jnp.broadcast_to(jnp.eye(n, dtype=S.dtype), S.shape)
     X = cho_solve((L, True), rhs)
-    return 0.5 * (X + jnp.conj(jnp.swapaxes(X, -1, -2)))
+    diag = jnp.real(jnp.diagonal(L, axis1=-2, axis2=-1))
+    return 0.5 * (X + jnp.conj(jnp.swapaxes(X, -1, -2))), 2.0 * jnp.sum(
+        jnp.log(diag), -1
+    )
+
+
+def scaled_inverse(S: jax.Array, a: jax.Array) -> jax.Array:
+    """Return ``a * inv(I + a * S)`` for a stack of matrices, one Cholesky call."""
+    return scaled_inverse_and_logdet(S, a)[0]
 
 
 def safe_norm(x: jax.Array, axis, *, floor: float = 1e-8) -> jax.Array:

@@ -25,19 +25,25 @@ from redunet_jax._checks import (
     check_positive,
     check_real,
 )
-from redunet_jax._circulant import CirculantLayer, _build_circulant, _move_circulant
+from redunet_jax._circulant import (
+    CirculantLayer,
+    _build_circulant_with_rates,
+    _move_circulant,
+)
 from redunet_jax._fourier import _bin_weights, _irfft, _rfft, check_signals
 from redunet_jax._linalg import safe_norm
-from redunet_jax._rates import Rates, _vector_rates
+from redunet_jax._rates import Rates, _vector_rates, paired_rates
 from redunet_jax._spectral_rates import _spectral_rates
-from redunet_jax._vector import NORM_FLOOR, VectorLayer, _build, _move
+from redunet_jax._vector import NORM_FLOOR, VectorLayer, _build_with_rates, _move
 
 
 class _Domain(NamedTuple):
     """Where a network's layers work: raw vectors, or rfft coefficients.
 
     ``encode``/``decode`` move features into and out of that domain once per
-    block of layers; ``build``, ``move`` and ``rates`` work inside it.
+    block of layers; ``build`` (operators and the rates of the features they
+    were built from), ``move`` and ``rates`` work inside it. Each of ``build``
+    and ``rates`` factors its matrices in one batched call.
     """
 
     encode: Callable
@@ -54,20 +60,24 @@ def _identity(Z):
 def _domain(signal_shape: tuple[int, ...] | None) -> _Domain:
     """Layer functions for vectors (``None``) or signals of a given shape."""
     if signal_shape is None:
-        return _Domain(_identity, _identity, _build, _move, _vector_rates)
+        return _Domain(_identity, _identity, _build_with_rates, _move, _vector_rates)
     positions = math.prod(signal_shape)
     weights = jnp.asarray(_bin_weights(signal_shape))
 
     def build(Z_hat, Pi, eps_sq):
-        return _build_circulant(Z_hat, Pi, eps_sq, positions)
+        return _build_circulant_with_rates(Z_hat, Pi, eps_sq, weights, positions)
 
     def move(layer, Z_hat, eta, lam, Pi=None):
         return _move_circulant(layer, Z_hat, eta, lam, weights, Pi)
 
-    def rates(Z_hat, Pi, eps_sq):
-        return _spectral_rates(Z_hat, Pi, eps_sq, weights, positions)
+    def rates(Z_hat, Pi, eps_sq, *, per_class=False):
+        return _spectral_rates(
+            Z_hat, Pi, eps_sq, weights, positions, per_class=per_class
+        )
 
-    return _Domain(_rfft, partial(_irfft, signal_shape=signal_shape), build, move, rates)
+    return _Domain(
+        _rfft, partial(_irfft, signal_shape=signal_shape), build, move, rates
+    )
 
 
 @partial(
@@ -127,10 +137,16 @@ def normalize(Z: ArrayLike) -> jax.Array:
 
 @partial(jax.jit, static_argnames=("use_labels", "signal_shape"))
 def _construction_step(Z, Pi, eps_sq, eta, lam, *, use_labels: bool, signal_shape):
+    """Build a layer from ``Z``, move ``Z``; also returns the rates of ``Z``."""
     domain = _domain(signal_shape)
-    layer = domain.build(Z, Pi, eps_sq)
+    layer, rates = domain.build(Z, Pi, eps_sq)
     Z_next, _ = domain.move(layer, Z, eta, lam, Pi if use_labels else None)
-    return layer, Z_next, domain.rates(Z_next, Pi, eps_sq)
+    return layer, Z_next, rates
+
+
+@partial(jax.jit, static_argnames=("signal_shape",))
+def _rates_step(Z, Pi, eps_sq, *, signal_shape):
+    return _domain(signal_shape).rates(Z, Pi, eps_sq)
 
 
 def construct(
@@ -216,19 +232,27 @@ def construct(
     Z = domain.encode(normalize(X))
     Pi = jax.nn.one_hot(y, num_classes, dtype=X.dtype)
     hyper = [jnp.asarray(v, X.dtype) for v in (eps_sq, eta, lam)]
-    layers = []
-    for index in range(num_layers):
-        layer, Z, rates = _construction_step(
-            Z, Pi, *hyper, use_labels=use_labels, signal_shape=signal_shape
-        )
+
+    def report(index, rates):
         if not np.isfinite(float(rates.delta_r)):
             raise ValueError(
                 f"layer {index} produced non-finite features; try a larger eps_sq "
                 "or a smaller eta"
             )
-        layers.append(layer)
         if callback is not None:
             callback(index, rates)
+
+    # Each step returns the rates of its input, i.e. of the previous layer's
+    # output, from the factorization that builds its operators.
+    layers = []
+    for index in range(num_layers):
+        layer, Z, rates = _construction_step(
+            Z, Pi, *hyper, use_labels=use_labels, signal_shape=signal_shape
+        )
+        if index > 0:
+            report(index - 1, rates)
+        layers.append(layer)
+    report(num_layers - 1, _rates_step(Z, Pi, hyper[0], signal_shape=signal_shape))
 
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
     net = ReduNet(
@@ -326,12 +350,10 @@ def _rates_scan(net: ReduNet, X, Pi):
     def body(Z, layer):
         Z_next, pihat = domain.move(layer, Z, net.eta, net.lam)
         estimated = jax.nn.one_hot(jnp.argmax(pihat, axis=-1), k, dtype=Pi.dtype)
-        true = domain.rates(Z_next, Pi, net.eps_sq)
-        return Z_next, (true, domain.rates(Z_next, estimated, net.eps_sq))
+        return Z_next, paired_rates(domain.rates, Z_next, Pi, estimated, net.eps_sq)
 
-    Z = domain.encode(normalize(X))
-    _, (true, estimated) = jax.lax.scan(body, Z, net.layers)
-    return domain.rates(Z, Pi, net.eps_sq), true, estimated
+    _, (true, estimated) = jax.lax.scan(body, domain.encode(normalize(X)), net.layers)
+    return true, estimated
 
 
 def rates_per_layer(net: ReduNet, X, labels) -> dict[str, Rates]:
@@ -350,5 +372,9 @@ def rates_per_layer(net: ReduNet, X, labels) -> dict[str, Rates]:
     X = _check_input(net, X)
     y = check_labels(labels, "labels", m=X.shape[0], num_classes=net.num_classes)
     Pi = jax.nn.one_hot(y, net.num_classes, dtype=X.dtype)
-    start, true, estimated = _rates_scan(net, X, Pi)
+    true, estimated = _rates_scan(net, X, Pi)
+    domain = _domain(net.signal_shape)
+    start = _rates_step(
+        domain.encode(normalize(X)), Pi, net.eps_sq, signal_shape=net.signal_shape
+    )
     return {"input": start, "true": true, "estimated": estimated}

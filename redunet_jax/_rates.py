@@ -34,6 +34,33 @@ def class_counts(Pi: jax.Array) -> tuple[jax.Array, jax.Array]:
     return m_j, jnp.where(m_j > 0, m_j, 1.0)
 
 
+def rates_from_logdets(averages: jax.Array, m_j: jax.Array, m) -> Rates:
+    """Combine log-determinants of the whole set and of each class into rates.
+
+    Args:
+      averages: (k + 1,) log-determinants (averaged over frequencies for
+        shift-invariant features); entry 0 is the whole set, then each class.
+      m_j: (k,) class sizes; empty classes contribute zero.
+      m: number of samples.
+    """
+    r = 0.5 * averages[0]
+    rc = jnp.sum(jnp.where(m_j > 0, m_j / (2.0 * m) * averages[1:], 0.0))
+    return Rates(r - rc, r, rc)
+
+
+def paired_rates(rates_fn, Z, Pi_a, Pi_b, eps_sq) -> tuple[Rates, Rates]:
+    """Rates under two membership matrices from a single factorization call.
+
+    Stacking the memberships (m, 2k) shares the covariance of the whole set;
+    the class terms then split into the two sums.
+    """
+    k = Pi_a.shape[1]
+    both = rates_fn(Z, jnp.concatenate([Pi_a, Pi_b], axis=1), eps_sq, per_class=True)
+    r, terms = both
+    rc_a, rc_b = jnp.sum(terms[:k]), jnp.sum(terms[k:])
+    return Rates(r - rc_a, r, rc_a), Rates(r - rc_b, r, rc_b)
+
+
 def vector_covariances(Z: jax.Array, Pi: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Return ``Z^T Z`` (d, d) and ``Z^T diag(Pi_j) Z`` stacked as (k, d, d)."""
     full = Z.T @ Z
@@ -41,22 +68,25 @@ def vector_covariances(Z: jax.Array, Pi: jax.Array) -> tuple[jax.Array, jax.Arra
     return full, per_class
 
 
-def _vector_rates(Z: jax.Array, Pi: jax.Array, eps_sq) -> Rates:
+def vector_scales(Z: jax.Array, safe_m_j: jax.Array, eps_sq) -> jax.Array:
+    """``[alpha, alpha_1, ..., alpha_k]`` with ``alpha = d / (m eps_sq)``."""
     m, d = Z.shape
+    alpha = jnp.asarray(d / (m * eps_sq), Z.dtype)
+    return jnp.concatenate([alpha[None], d / (safe_m_j * eps_sq)])
+
+
+def _vector_rates(Z: jax.Array, Pi: jax.Array, eps_sq, *, per_class: bool = False):
     Z = Z.astype(jnp.promote_types(Z.dtype, jnp.float32))
     Pi = Pi.astype(Z.dtype)
     m_j, safe_m_j = class_counts(Pi)
-    full, per_class = vector_covariances(Z, Pi)
-
-    alpha = jnp.asarray(d / (m * eps_sq), Z.dtype)
-    alpha_j = d / (safe_m_j * eps_sq)
-    stacked = jnp.concatenate([full[None], per_class], axis=0)
-    scales = jnp.concatenate([alpha[None], alpha_j])
-    logdets = logdet_shifted(stacked, scales)
-
-    r = 0.5 * logdets[0]
-    rc = jnp.sum(jnp.where(m_j > 0, m_j / (2.0 * m) * logdets[1:], 0.0))
-    return Rates(r - rc, r, rc)
+    full, per_class_cov = vector_covariances(Z, Pi)
+    stacked = jnp.concatenate([full[None], per_class_cov], axis=0)
+    logdets = logdet_shifted(stacked, vector_scales(Z, safe_m_j, eps_sq))
+    rates = rates_from_logdets(logdets, m_j, Z.shape[0])
+    if per_class:
+        terms = jnp.where(m_j > 0, m_j / (2.0 * Z.shape[0]) * logdets[1:], 0.0)
+        return rates.r, terms
+    return rates
 
 
 _vector_rates_jit = jax.jit(_vector_rates)

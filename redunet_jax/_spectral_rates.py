@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from redunet_jax._checks import check_memberships, check_positive
 from redunet_jax._fourier import _bin_weights, _rfft, check_signals
 from redunet_jax._linalg import logdet_shifted
-from redunet_jax._rates import Rates, class_counts
+from redunet_jax._rates import Rates, class_counts, rates_from_logdets
 
 
 def fourier_covariances(Z_hat: jax.Array, Pi: jax.Array) -> jax.Array:
@@ -44,24 +44,43 @@ def fourier_covariances(Z_hat: jax.Array, Pi: jax.Array) -> jax.Array:
     return jnp.einsum("ij,iap,ibp->jpab", memberships, Z_hat, jnp.conj(Z_hat))
 
 
-def _spectral_rates(
-    Z_hat: jax.Array, Pi: jax.Array, eps_sq, weights: jax.Array, num_positions
-) -> Rates:
-    """Traced rates from stored bins; ``num_positions`` is T (or H * W)."""
+def spectral_scales(Z_hat: jax.Array, safe_m_j: jax.Array, eps_sq) -> jax.Array:
+    """Scales ``[alpha, alpha_1, ..., alpha_k]`` as (k + 1, 1); alpha = C/(m eps_sq)."""
     m, C, _ = Z_hat.shape
     real_dtype = jnp.finfo(Z_hat.dtype).dtype
-    Pi = Pi.astype(real_dtype)
+    alpha = jnp.asarray(C / (m * eps_sq), real_dtype)
+    return jnp.concatenate([alpha[None], C / (safe_m_j * eps_sq)])[:, None]
+
+
+def frequency_average(logdets: jax.Array, weights: jax.Array, num_positions):
+    """Average (..., F) log-determinants over all T frequencies (bin weights)."""
+    return logdets @ weights.astype(logdets.dtype) / num_positions
+
+
+def _spectral_rates(
+    Z_hat: jax.Array,
+    Pi: jax.Array,
+    eps_sq,
+    weights: jax.Array,
+    num_positions,
+    *,
+    per_class: bool = False,
+):
+    """Traced rates from stored bins; ``num_positions`` is T (or H * W).
+
+    With ``per_class=True`` returns ``(r, terms)``: R and the (k,) class terms
+    whose sum is Rc.
+    """
+    m = Z_hat.shape[0]
+    Pi = Pi.astype(jnp.finfo(Z_hat.dtype).dtype)
     m_j, safe_m_j = class_counts(Pi)
     stacked = fourier_covariances(Z_hat, Pi)
-
-    alpha = jnp.asarray(C / (m * eps_sq), real_dtype)
-    scales = jnp.concatenate([alpha[None], C / (safe_m_j * eps_sq)])
-    logdets = logdet_shifted(stacked, scales[:, None])
-    averages = logdets @ weights.astype(real_dtype) / (2.0 * num_positions)
-
-    r = averages[0]
-    rc = jnp.sum(jnp.where(m_j > 0, m_j / m * averages[1:], 0.0))
-    return Rates(r - rc, r, rc)
+    logdets = logdet_shifted(stacked, spectral_scales(Z_hat, safe_m_j, eps_sq))
+    averages = frequency_average(logdets, weights, num_positions)
+    rates = rates_from_logdets(averages, m_j, m)
+    if per_class:
+        return rates.r, jnp.where(m_j > 0, m_j / (2.0 * m) * averages[1:], 0.0)
+    return rates
 
 
 @jax.jit
@@ -69,7 +88,9 @@ def _signal_rates(Z: jax.Array, Pi: jax.Array, eps_sq) -> Rates:
     """Rates of real signals (m, C, ...): one compiled rfft and factorization."""
     signal_shape = tuple(Z.shape[2:])
     weights = jnp.asarray(_bin_weights(signal_shape))
-    return _spectral_rates(_rfft(Z), Pi, eps_sq, weights, math.prod(signal_shape))
+    rates = _spectral_rates(_rfft(Z), Pi, eps_sq, weights, math.prod(signal_shape))
+    assert isinstance(rates, Rates)  # per_class=False
+    return rates
 
 
 def shift_invariant_rate_reduction(Z, Pi, *, eps_sq: float) -> Rates:

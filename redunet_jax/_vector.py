@@ -18,8 +18,14 @@ from redunet_jax._checks import (
     check_positive,
     check_real,
 )
-from redunet_jax._linalg import safe_norm, scaled_inverse
-from redunet_jax._rates import class_counts, vector_covariances
+from redunet_jax._linalg import safe_norm, scaled_inverse_and_logdet
+from redunet_jax._rates import (
+    Rates,
+    class_counts,
+    rates_from_logdets,
+    vector_covariances,
+    vector_scales,
+)
 
 NORM_FLOOR = 1e-8
 
@@ -38,20 +44,26 @@ class VectorLayer(NamedTuple):
     gamma: jax.Array
 
 
-def _build(Z: jax.Array, Pi: jax.Array, eps_sq) -> VectorLayer:
-    m, d = Z.shape
+def _build_with_rates(Z: jax.Array, Pi: jax.Array, eps_sq) -> tuple[VectorLayer, Rates]:
+    """Operators built from ``Z`` and the rates of ``Z``, from one factorization."""
+    m = Z.shape[0]
     Pi = Pi.astype(Z.dtype)
     m_j, safe_m_j = class_counts(Pi)
     full, per_class = vector_covariances(Z, Pi)
 
     # E is the "class" whose membership is all ones: one batched factorization
     # of k + 1 matrices instead of two separate calls.
-    alpha = jnp.asarray(d / (m * eps_sq), Z.dtype)
-    scales = jnp.concatenate([alpha[None], d / (safe_m_j * eps_sq)])
-    operators = scaled_inverse(jnp.concatenate([full[None], per_class]), scales)
+    operators, logdets = scaled_inverse_and_logdet(
+        jnp.concatenate([full[None], per_class]), vector_scales(Z, safe_m_j, eps_sq)
+    )
 
     C = jnp.where((m_j > 0)[:, None, None], operators[1:], 0.0)
-    return VectorLayer(E=operators[0], C=C, gamma=m_j / m)
+    layer = VectorLayer(E=operators[0], C=C, gamma=m_j / m)
+    return layer, rates_from_logdets(logdets, m_j, m)
+
+
+def _build(Z: jax.Array, Pi: jax.Array, eps_sq) -> VectorLayer:
+    return _build_with_rates(Z, Pi, eps_sq)[0]
 
 
 def build_vector_layer(Z, Pi, *, eps_sq: float = 0.1) -> VectorLayer:

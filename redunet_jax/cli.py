@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 class CLIError(Exception):
     """A user error reported as one line, with exit status 2."""
 
@@ -99,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--radii", type=_positive_int, help="polar radii of digits-rotation (default 8)"
     )
     fit.add_argument(
-        "--angles", type=_positive_int, help="polar angles of digits-rotation (default 32)"
+        "--angles",
+        type=_positive_int,
+        help="polar angles of digits-rotation (default 32)",
     )
     fit.add_argument("--layers", type=_positive_int, help="number of layers")
     fit.add_argument("--eta", type=_positive_float, help="step size")
@@ -127,9 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="reload a run and score it again")
     evaluate.add_argument("run", type=Path, help="folder written by 'redunet fit'")
-    evaluate.add_argument("--shifts", action="store_true",
-                          help="also score circularly shifted test sets "
-                          "(shifts -8, -4, 0, 4, 8 per signal axis)")
+    evaluate.add_argument(
+        "--shifts",
+        action="store_true",
+        help="also score circularly shifted test sets "
+        "(shifts -8, -4, 0, 4, 8 per signal axis)",
+    )
     return parser
 
 
@@ -240,15 +246,28 @@ def _fit_config(args) -> dict:
     from redunet_jax._experiment import defaults_for
 
     config = defaults_for(args.dataset)
-    for key in ("layers", "eta", "eps_sq", "lam", "invariant", "lift_channels",
-                "kernel_size", "radii", "angles"):
+    for key in (
+        "layers",
+        "eta",
+        "eps_sq",
+        "lam",
+        "invariant",
+        "lift_channels",
+        "kernel_size",
+        "radii",
+        "angles",
+    ):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     if args.dataset == "digits-rotation":
         config.setdefault("radii", 8)
         config.setdefault("angles", 32)
-    config.update(dataset=args.dataset, seed=args.seed, test_size=args.test_size,
-                  use_labels=args.use_labels)
+    config.update(
+        dataset=args.dataset,
+        seed=args.seed,
+        test_size=args.test_size,
+        use_labels=args.use_labels,
+    )
     return config
 
 
@@ -269,11 +288,17 @@ def _run_fit(args) -> int:
     raw, X_train, X_test = _load(config)
     timings["load"] = time.perf_counter() - start
     n_comp = args.n_comp or raw.n_comp
-    config.update(n_comp=n_comp, num_classes=raw.num_classes,
-                  input_shape=list(X_train.shape[1:]))
+    config.update(
+        n_comp=n_comp, num_classes=raw.num_classes, input_shape=list(X_train.shape[1:])
+    )
 
-    bar = tqdm(total=config["layers"], desc="layers", unit="layer",
-               disable=args.quiet, file=sys.stderr)
+    bar = tqdm(
+        total=config["layers"],
+        desc="layers",
+        unit="layer",
+        disable=args.quiet,
+        file=sys.stderr,
+    )
 
     def progress(index, rates):
         bar.update(1)
@@ -281,10 +306,16 @@ def _run_fit(args) -> int:
 
     start = time.perf_counter()
     net, Z = construct(
-        X_train, raw.y_train, num_classes=raw.num_classes,
-        num_layers=config["layers"], eta=config["eta"], eps_sq=config["eps_sq"],
-        lam=config["lam"], invariant=config["invariant"],
-        use_labels=args.use_labels, callback=progress,
+        X_train,
+        raw.y_train,
+        num_classes=raw.num_classes,
+        num_layers=config["layers"],
+        eta=config["eta"],
+        eps_sq=config["eps_sq"],
+        lam=config["lam"],
+        invariant=config["invariant"],
+        use_labels=args.use_labels,
+        callback=progress,
     )
     Z.block_until_ready()
     timings["construct"] = time.perf_counter() - start
@@ -293,14 +324,24 @@ def _run_fit(args) -> int:
 
     start = time.perf_counter()
     accuracy, rates, Z_train, Z_test = _score(
-        net, X_train, raw.y_train, X_test, raw.y_test,
-        num_classes=raw.num_classes, n_comp=n_comp,
+        net,
+        X_train,
+        raw.y_train,
+        X_test,
+        raw.y_test,
+        num_classes=raw.num_classes,
+        n_comp=n_comp,
     )
     flat_train = normalize(np.asarray(raw.X_train).reshape(len(raw.y_train), -1))
     flat_test = normalize(np.asarray(raw.X_test).reshape(len(raw.y_test), -1))
-    baseline = evaluate(flat_train, raw.y_train, flat_test, raw.y_test,
-                        num_classes=raw.num_classes,
-                        n_comp=min(n_comp, flat_train.shape[1]))
+    baseline = evaluate(
+        flat_train,
+        raw.y_train,
+        flat_test,
+        raw.y_test,
+        num_classes=raw.num_classes,
+        n_comp=min(n_comp, flat_train.shape[1]),
+    )
     timings["evaluate"] = time.perf_counter() - start
 
     metrics = {
@@ -315,10 +356,15 @@ def _run_fit(args) -> int:
     save(out / "network.npz", net)
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     plot_rates(rates, out / "rates.png", title=f"ReduNet on {args.dataset}")
-    plot_cosine({"test inputs": normalize(X_test), "test outputs": np.asarray(Z_test)},
-                raw.y_test, out / "cosine.png")
-    sys.stdout.write(_summary(metrics) + f"\nwrote {out}/ (network.npz, metrics.json, "
-                     "rates.png, cosine.png)\n")
+    plot_cosine(
+        {"test inputs": normalize(X_test), "test outputs": np.asarray(Z_test)},
+        raw.y_test,
+        out / "cosine.png",
+    )
+    sys.stdout.write(
+        _summary(metrics) + f"\nwrote {out}/ (network.npz, metrics.json, "
+        "rates.png, cosine.png)\n"
+    )
     return 0
 
 
@@ -344,21 +390,26 @@ def _shift_table(net, raw, config: dict, bases) -> tuple[list, dict]:
     table = []
     worst = {"changed_predictions": 0, "max_pihat_change": 0.0}
     for shift, guess, pihat in results:
-        changed = max(int(np.sum(guess != base_guess)),
-                      int(np.sum(pihat.argmax(1) != base_pihat.argmax(1))))
+        changed = max(
+            int(np.sum(guess != base_guess)),
+            int(np.sum(pihat.argmax(1) != base_pihat.argmax(1))),
+        )
         worst["changed_predictions"] = max(worst["changed_predictions"], changed)
-        worst["max_pihat_change"] = max(worst["max_pihat_change"],
-                                        float(np.max(np.abs(pihat - base_pihat))))
-        table.append({
-            "shift": list(shift),
-            "nearest_subspace": float(np.mean(guess == raw.y_test)),
-            "pihat": float(np.mean(pihat.argmax(1) == raw.y_test)),
-        })
+        worst["max_pihat_change"] = max(
+            worst["max_pihat_change"], float(np.max(np.abs(pihat - base_pihat)))
+        )
+        table.append(
+            {
+                "shift": list(shift),
+                "nearest_subspace": float(np.mean(guess == raw.y_test)),
+                "pihat": float(np.mean(pihat.argmax(1) == raw.y_test)),
+            }
+        )
     return table, worst
 
 
 def _run_evaluate(args) -> int:
-    from redunet_jax import fit_nearest_subspace, load, transform
+    from redunet_jax import fit_nearest_subspace, load
 
     metrics_path = args.run / "metrics.json"
     if not metrics_path.is_file():
@@ -366,7 +417,9 @@ def _run_evaluate(args) -> int:
     try:
         stored = json.loads(metrics_path.read_text())
         config = stored["config"]
-        config["dataset"], config["seed"], config["test_size"]  # noqa: B018
+        missing = [k for k in ("dataset", "seed", "test_size") if k not in config]
+        if missing:
+            raise KeyError(", ".join(missing))
         config.setdefault("invariant", False)
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise CLIError(f"{metrics_path} is not a valid metrics file ({err})") from None
@@ -374,33 +427,55 @@ def _run_evaluate(args) -> int:
     raw, X_train, X_test = _load(config)
     n_comp = config.get("n_comp", raw.n_comp)
     accuracy, _, Z_train, _ = _score(
-        net, X_train, raw.y_train, X_test, raw.y_test,
-        num_classes=raw.num_classes, n_comp=n_comp,
+        net,
+        X_train,
+        raw.y_train,
+        X_test,
+        raw.y_test,
+        num_classes=raw.num_classes,
+        n_comp=n_comp,
     )
     rows: list[tuple[str, ...]] = [("accuracy", "train", "test", "stored test")]
     for name in ("nearest_subspace", "svm", "knn", "pihat"):
         before = stored.get("accuracy", {}).get("test", {}).get(name)
-        rows.append((name, f"{accuracy['train'][name]:.4f}", f"{accuracy['test'][name]:.4f}",
-                     "-" if before is None else f"{before:.4f}"))
+        rows.append(
+            (
+                name,
+                f"{accuracy['train'][name]:.4f}",
+                f"{accuracy['test'][name]:.4f}",
+                "-" if before is None else f"{before:.4f}",
+            )
+        )
     text = _table(rows)
     if args.shifts:
         bases = fit_nearest_subspace(
-            Z_train, raw.y_train, num_classes=raw.num_classes,
+            Z_train,
+            raw.y_train,
+            num_classes=raw.num_classes,
             n_comp=min(n_comp, int(X_train[0].size)),
         )
         table, worst = _shift_table(net, raw, config, bases)
         shift_rows: list[tuple[str, ...]] = [("shift", "nearest_subspace", "pihat")]
         for row in table:
-            shift_rows.append((str(tuple(row["shift"])), f"{row['nearest_subspace']:.4f}",
-                               f"{row['pihat']:.4f}"))
+            shift_rows.append(
+                (
+                    str(tuple(row["shift"])),
+                    f"{row['nearest_subspace']:.4f}",
+                    f"{row['pihat']:.4f}",
+                )
+            )
         text += "\n\n" + _table(shift_rows)
-        text += (f"\nlargest number of changed predictions: "
-                 f"{worst['changed_predictions']} of {len(raw.y_test)}; largest change "
-                 f"in pihat: {worst['max_pihat_change']:.2e}")
+        text += (
+            f"\nlargest number of changed predictions: "
+            f"{worst['changed_predictions']} of {len(raw.y_test)}; largest change "
+            f"in pihat: {worst['max_pihat_change']:.2e}"
+        )
         from redunet_jax.io import atomic_write_bytes
 
         report = {"accuracy": accuracy, "shifts": table, "worst": worst}
-        atomic_write_bytes(args.run / "shifts.json", json.dumps(report, indent=2).encode())
+        atomic_write_bytes(
+            args.run / "shifts.json", json.dumps(report, indent=2).encode()
+        )
     sys.stdout.write(text + "\n")
     return 0
 

@@ -73,7 +73,12 @@ class Dataset(NamedTuple):
 
 
 def load_dataset(
-    name: str = "digits", *, seed: int = 0, test_size: float = 0.3
+    name: str = "digits",
+    *,
+    seed: int = 0,
+    test_size: float = 0.3,
+    radii: int = 8,
+    angles: int = 32,
 ) -> Dataset:
     """Load a built-in data set by name.
 
@@ -372,9 +377,15 @@ def _mnist1d(seed) -> Dataset:
             "the mnist1d data set needs the mnist1d package: pip install mnist1d"
         ) from err
     args = get_dataset_args()
-    args.seed = 42 + seed  # seed 0 gives the standard MNIST-1D (generator seed 42)
+    # seed 0 gives the standard MNIST-1D (generator seed 42)
+    setattr(args, "seed", 42 + seed)  # noqa: B010
     data = make_dataset(args)  # generated locally; never downloads
     return _as_dataset(
-        data["x"][:, None], data["y"], data["x_test"][:, None], data["y_test"], 10,
-        "mnist1d", 10,
+        data["x"][:, None],
+        data["y"],
+        data["x_test"][:, None],
+        data["y_test"],
+        10,
+        "mnist1d",
+        10,
     )

@@ -143,7 +143,7 @@ def _from_parts(path: Path, config: dict, arrays: dict) -> ReduNet:
             f"library supports ({FORMAT_VERSION}); upgrade redunet_jax "
             f"(file written by version {config.get('library_version')})"
         )
-    layer_type = _LAYER_TYPES.get(config.get("layer_type"))
+    layer_type = _LAYER_TYPES.get(str(config.get("layer_type")))
     if layer_type is None:
         raise ValueError(
             f"{path} holds layer type {config.get('layer_type')!r}, which this "
