@@ -18,6 +18,7 @@ from redunet_jax._classify import (
 )
 from redunet_jax._estimator import ReduNetClassifier
 from redunet_jax._fourier import bin_weights, fourier_norm, from_fourier, to_fourier
+from redunet_jax._lift import lift, lifting_filters, polar_resample
 from redunet_jax._network import (
     ReduNet,
     construct,
@@ -30,7 +31,13 @@ from redunet_jax._network import (
 from redunet_jax._rates import Rates, rate_reduction
 from redunet_jax._spectral_rates import shift_invariant_rate_reduction
 from redunet_jax._vector import VectorLayer, apply_vector_layer, build_vector_layer
-from redunet_jax.data import Dataset, gaussian_mixture, load_dataset, read_idx
+from redunet_jax.data import (
+    Dataset,
+    gaussian_mixture,
+    load_dataset,
+    read_idx,
+    sinusoids,
+)
 from redunet_jax.io import load, save
 
 __version__ = "0.1.0"
@@ -54,16 +61,20 @@ __all__ = [
     "fourier_norm",
     "from_fourier",
     "gaussian_mixture",
+    "lift",
+    "lifting_filters",
     "load",
     "load_dataset",
     "nearest_subspace",
     "normalize",
+    "polar_resample",
     "predict",
     "predict_nearest_subspace",
     "predict_proba",
     "rate_reduction",
     "rates_per_layer",
     "read_idx",
+    "sinusoids",
     "save",
     "shift_invariant_rate_reduction",
     "to_fourier",

@@ -145,3 +145,97 @@ def test_console_script_runs_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "--layers" in result.stderr
+
+
+def test_invariant_fit_and_shift_evaluation(tmp_path, capsys):
+    out = tmp_path / "sin"
+    assert (
+        main(
+            [
+                "fit",
+                "--dataset",
+                "sinusoids",
+                "--layers",
+                "3",
+                "--lift-channels",
+                "4",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert config["invariant"] and config["lift_channels"] == 4
+    assert config["input_shape"] == [4, 150]
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--shifts"]) == 0
+    text = capsys.readouterr().out
+    assert "(-8,)" in text and "(8,)" in text
+    report = json.loads((out / "shifts.json").read_text())
+    assert len(report["shifts"]) == 5
+    assert report["worst"]["changed_predictions"] == 0
+    pihat = {row["pihat"] for row in report["shifts"]}
+    assert len(pihat) == 1  # identical accuracy on every shifted test set
+
+
+def test_vector_network_on_images_and_shift_errors(tmp_path, capsys):
+    out = tmp_path / "flat"
+    assert (
+        main(
+            [
+                "fit",
+                "--dataset",
+                "digits-translation",
+                "--no-invariant",
+                "--layers",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert not config["invariant"] and config["input_shape"] == [64]
+    assert main(["evaluate", str(out), "--shifts"]) == 0
+    report = json.loads((out / "shifts.json").read_text())
+    assert len(report["shifts"]) == 25
+    capsys.readouterr()
+    vector = tmp_path / "vec"
+    assert (
+        main(
+            [
+                "fit",
+                "--dataset",
+                "gaussian2d",
+                "--layers",
+                "2",
+                "--out",
+                str(vector),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert main(["evaluate", str(vector), "--shifts"]) == 2
+    assert "holds vectors" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "fit",
+                "--dataset",
+                "gaussian2d",
+                "--invariant",
+                "--layers",
+                "2",
+                "--out",
+                str(vector),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "need signals" in capsys.readouterr().err

@@ -1,0 +1,588 @@
+"""Seconds per shift-invariant layer: Fourier blocks against dense operators and NumPy.
+
+One layer step (build the operators from the features, then move the features)
+is timed three ways on the same synthetic signals:
+
+- spectral: the library's jitted step on the F = T // 2 + 1 stored ``rfft`` bins,
+  one batched Cholesky call for E and every C_j (MATH.md section 4);
+- dense: a jitted JAX layer with the explicit (CT)×(CT) block-circulant
+  operators, built from the covariance of every circular shift of every sample
+  and applied in the signal domain, O(k (CT)³);
+- numpy: the obvious float64 port, a Python loop over all T bins of the full
+  complex FFT with ``numpy.linalg.inv`` for E and every C_j.
+
+The three outputs are compared in the signal domain before anything is timed;
+the script exits non-zero if they disagree. Then the spectral step's time is
+fitted against T and against C, and the peak resident memory of one 2D layer
+(``construct(..., invariant=True, num_layers=1)``) is read from a subprocess.
+Spectral and dense timings exclude the once-per-block transforms (the
+spectral step works on ``rfft`` coefficients), and the spectral step also
+returns the rates of its input, from the same factorization.
+
+Usage: python benchmarks/bench_spectral.py [--quick] [--m 500] [--channels 8]
+           [--classes 4] [--dense-lengths 16 32 64 128] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _common import best_of, environment, write_json
+
+from redunet_jax import construct
+from redunet_jax._fourier import _irfft, _rfft
+from redunet_jax._network import _construction_step, normalize
+
+HYPER = {"eps_sq": 0.1, "eta": 0.5, "lam": 500.0}
+TOLERANCE = 1e-4  # max abs difference of unit-norm outputs, float32 vs float64
+DENSE_MEMORY_LIMIT = 2 * 2**30
+DENSE_TIME_LIMIT_S = 60.0
+MEMORY_BUDGET = 4 * 2**30
+MIB = 2**20
+
+
+class Case(NamedTuple):
+    """Sizes of one 1D benchmark: samples, channels, signal length, classes."""
+
+    m: int
+    C: int
+    T: int
+    k: int
+
+    def __str__(self) -> str:
+        return f"m={self.m} C={self.C} T={self.T} k={self.k}"
+
+
+def synthetic_signals(case: Case, seed: int = 0):
+    """Unit-norm (m, C, T) float32 signals: shifted class prototypes plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(case.m) % case.k
+    prototypes = rng.standard_normal((case.k, case.C, case.T))[y]
+    shifts = rng.integers(0, case.T, case.m)
+    positions = (np.arange(case.T)[None, :] - shifts[:, None]) % case.T
+    Z = np.take_along_axis(
+        prototypes, np.broadcast_to(positions[:, None, :], prototypes.shape), axis=-1
+    )
+    Z = Z + 0.5 * rng.standard_normal(Z.shape)
+    Z /= np.linalg.norm(Z, axis=(1, 2), keepdims=True)
+    return Z.astype(np.float32), y
+
+
+def _scalars(dtype=jnp.float32):
+    return [jnp.asarray(HYPER[name], dtype) for name in ("eps_sq", "eta", "lam")]
+
+
+def spectral_path(Z, y, k):
+    """The library's layer step on the rfft of ``Z`` (1D or 2D signals).
+
+    Returns ``(run, decode)``: ``run()`` blocks on the step's outputs (operators,
+    moved coefficients, rates); ``decode`` maps them to (m, C, ...) float64
+    output signals.
+    """
+    signal_shape = tuple(Z.shape[2:])
+    Z_hat = jax.block_until_ready(_rfft(jnp.asarray(Z)))
+    Pi = jax.nn.one_hot(jnp.asarray(y), k, dtype=jnp.float32)
+    scalars = _scalars()
+
+    def run():
+        return jax.block_until_ready(
+            _construction_step(
+                Z_hat, Pi, *scalars, use_labels=False, signal_shape=signal_shape
+            )
+        )
+
+    def decode(out):
+        return np.asarray(_irfft(out[1], signal_shape), np.float64)
+
+    return run, decode
+
+
+def shift_covariances(Z, memberships):
+    """Dense covariances of all circular shifts, one per column of ``memberships``.
+
+    Entry j is ``sum_i w_ij sum_s vec(roll(z_i, s)) vec(roll(z_i, s))^T``. Its
+    block (a, b) is circulant: entry (t, u) is the circular cross-correlation
+    ``K[a, b, (u - t) % T]`` of channels a and b summed over the samples, so
+    the correlations are computed without an FFT in O(k m C² T²) and then laid
+    out as full (CT)×(CT) matrices.
+
+    Args:
+      Z: (m, C, T) signals.
+      memberships: (m, n) weights ``w``.
+
+    Returns:
+      (n, C*T, C*T) symmetric positive semi-definite matrices.
+    """
+    m, C, T = Z.shape
+    lags = jnp.arange(T)
+    ahead = Z[:, :, (lags[:, None] + lags[None, :]) % T]  # (m, C, lag, t)
+    K = jnp.einsum("ij,iat,ibdt->jabd", memberships, Z, ahead)
+    blocks = K[..., (lags[None, :] - lags[:, None]) % T]  # (n, a, b, t, u)
+    return blocks.transpose(0, 1, 3, 2, 4).reshape(-1, C * T, C * T)
+
+
+@jax.jit
+def dense_layer_step(Z, Pi, eps_sq, eta, lam):
+    """One layer with explicit block-circulant operators, in the signal domain.
+
+    ``E = alpha inv(I + alpha/T Sigma)`` and ``C_j = alpha_j inv(I + alpha_j/T
+    Sigma_j)`` with the shift covariances of :func:`shift_covariances`, then the
+    update of MATH.md section 4 with norms over the whole (C, T) signal. E and
+    the C_j are inverted in one batched call (a single factorization per
+    compiled program). Cost O(k m C² T² + k (CT)³ + k m (CT)²).
+
+    Returns:
+      ``(E, C, Z_next)`` of shapes (CT, CT), (k, CT, CT) and (m, C, T).
+    """
+    m, C, T = Z.shape
+    memberships = jnp.concatenate([jnp.ones((m, 1), Pi.dtype), Pi], axis=1)
+    counts = memberships.sum(axis=0)
+    alphas = (C / (jnp.maximum(counts, 1.0) * eps_sq))[:, None, None]
+
+    Sigma = shift_covariances(Z, memberships)
+    eye = jnp.eye(C * T, dtype=Z.dtype)
+    operators = alphas * jnp.linalg.inv(eye + alphas / T * Sigma)
+    E, C_ops = operators[0], operators[1:]
+
+    gamma = counts[1:] / m
+    z = Z.reshape(m, C * T)
+    CZ = jnp.einsum("jxy,my->mjx", C_ops, z)
+    norms = jnp.maximum(jnp.linalg.norm(CZ, axis=-1), 1e-8)
+    pihat = jax.nn.softmax(jnp.where(gamma > 0, -lam * norms, -jnp.inf), axis=-1)
+    z_next = z + eta * (z @ E.T - jnp.einsum("mj,mjx->mx", gamma * pihat, CZ))
+    z_next /= jnp.maximum(jnp.linalg.norm(z_next, axis=-1, keepdims=True), 1e-8)
+    return E, C_ops, z_next.reshape(m, C, T)
+
+
+def dense_path(Z, y, k):
+    """The dense JAX layer; ``(run, decode)`` as in :func:`spectral_path`."""
+    Z = jnp.asarray(Z)
+    Pi = jax.nn.one_hot(jnp.asarray(y), k, dtype=jnp.float32)
+    scalars = _scalars()
+
+    def run():
+        return jax.block_until_ready(dense_layer_step(Z, Pi, *scalars))
+
+    def decode(out):
+        return np.asarray(out[-1], np.float64)
+
+    return run, decode
+
+
+def dense_bytes(case: Case) -> int:
+    """Rough float32 working set of :func:`dense_layer_step`."""
+    n = case.C * case.T
+    shifted = case.m * case.C * case.T**2
+    operators = 4 * (case.k + 1) * n * n  # covariances, shifted, inverse, scaled
+    applied = 2 * (case.k + 1) * case.m * n
+    return 4 * (shifted + operators + applied)
+
+
+def numpy_layer(Z_hat, y, k, *, eps_sq, eta, lam):
+    """The obvious NumPy port: every one of the T bins, explicit inverses.
+
+    Args:
+      Z_hat: (m, C, T) complex128 orthonormal FFT of the signals (all T bins).
+      y: (m,) labels in [0, k).
+      k: number of classes.
+      eps_sq: distortion ``ε²``.
+      eta: step size.
+      lam: inverse temperature of ``pihat``.
+
+    Returns:
+      (m, C, T) FFT of the output signals.
+    """
+    m, C, T = Z_hat.shape
+    eye = np.eye(C)
+    members = [y == j for j in range(k)]
+    counts = np.array([mask.sum() for mask in members])
+    alpha = C / (m * eps_sq)
+    EZ = np.empty_like(Z_hat)
+    CZ = np.zeros((m, k, C, T), complex)
+    for p in range(T):
+        Zp = Z_hat[:, :, p]
+        E_p = alpha * np.linalg.inv(eye + alpha * Zp.T @ Zp.conj())
+        EZ[:, :, p] = Zp @ E_p.T
+        for j, mask in enumerate(members):
+            if counts[j] == 0:
+                continue
+            alpha_j = C / (counts[j] * eps_sq)
+            Zj = Zp[mask]
+            C_jp = alpha_j * np.linalg.inv(eye + alpha_j * Zj.T @ Zj.conj())
+            CZ[:, j, :, p] = Zp @ C_jp.T
+
+    gamma = counts / m
+    norms = np.maximum(np.sqrt(np.sum(np.abs(CZ) ** 2, axis=(2, 3))), 1e-8)
+    logits = np.where(gamma > 0, -lam * norms, -np.inf)
+    pihat = np.exp(logits - logits.max(axis=1, keepdims=True))
+    pihat /= pihat.sum(axis=1, keepdims=True)
+    Z_next = Z_hat + eta * (EZ - np.einsum("mj,mjcp->mcp", gamma * pihat, CZ))
+    scale = np.maximum(np.sqrt(np.sum(np.abs(Z_next) ** 2, axis=(1, 2))), 1e-8)
+    return Z_next / scale[:, None, None]
+
+
+def numpy_path(Z, y, k):
+    """The float64 NumPy layer; ``(run, decode)`` as in :func:`spectral_path`."""
+    Z_hat = np.fft.fft(Z.astype(np.float64), axis=-1, norm="ortho")
+
+    def run():
+        return numpy_layer(Z_hat, y, k, **HYPER)
+
+    def decode(out):
+        return np.fft.ifft(out, axis=-1, norm="ortho").real
+
+    return run, decode
+
+
+def dense_skip_reason(case: Case, previous) -> str | None:
+    """Why the dense layer is not run at ``case``, or ``None`` to run it.
+
+    ``previous`` is ``(T, seconds)`` of the last dense run at a smaller T (its
+    first call, compilation included), extrapolated as (CT)³.
+    """
+    needed = dense_bytes(case)
+    if needed > DENSE_MEMORY_LIMIT:
+        return f"needs about {needed / 2**30:.1f} GiB (limit 2 GiB)"
+    if previous is not None:
+        length, seconds = previous
+        predicted = seconds * (case.T / length) ** 3
+        if predicted > DENSE_TIME_LIMIT_S:
+            return f"predicted {predicted:.0f} s per layer (limit 60 s)"
+    return None
+
+
+def check_case(case: Case, with_dense: bool, previous_dense):
+    """Run every path once at ``case`` (compiling it) and compare the outputs.
+
+    Returns:
+      ``(row, paths)``: a dict of maximum differences against the float64
+      NumPy layer, and the ``(run, decode)`` pairs by name, ready to time.
+    """
+    Z, y = synthetic_signals(case)
+    paths = {"spectral": spectral_path(Z, y, case.k), "numpy": numpy_path(Z, y, case.k)}
+    row = {"case": case._asdict()}
+    if with_dense:
+        reason = dense_skip_reason(case, previous_dense)
+        if reason is None:
+            paths["dense"] = dense_path(Z, y, case.k)
+        else:
+            row["dense_skipped"] = reason
+
+    outputs, first_call = {}, {}
+    for name, (run, decode) in paths.items():
+        start = time.perf_counter()
+        outputs[name] = decode(run())
+        first_call[name] = time.perf_counter() - start
+    reference = outputs["numpy"]
+    for name in paths.keys() - {"numpy"}:
+        row[f"max_abs_diff_{name}_vs_numpy"] = float(
+            np.max(np.abs(outputs[name] - reference))
+        )
+    row["first_call_s"] = first_call
+    row["agree"] = all(
+        value <= TOLERANCE for key, value in row.items() if key.startswith("max_abs")
+    )
+    return row, paths
+
+
+def fit_exponent(sizes, seconds) -> float:
+    """Least-squares slope of log(seconds) against log(sizes)."""
+    return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+
+
+def run_correctness(cases, dense_cases):
+    """Check every case before any timing; exit non-zero on a disagreement."""
+    rows, paths, previous_dense = [], {}, None
+    for case in cases:
+        row, paths[case] = check_case(case, case in dense_cases, previous_dense)
+        if "dense" in paths[case]:
+            previous_dense = (case.T, row["first_call_s"]["dense"])
+        diffs = "  ".join(
+            f"{key.removeprefix('max_abs_diff_')} {value:.1e}"
+            for key, value in row.items()
+            if key.startswith("max_abs")
+        )
+        print(f"check {case}: {diffs}  {'ok' if row['agree'] else 'DISAGREE'}")
+        rows.append(row)
+        if not row["agree"]:
+            raise SystemExit(
+                f"layer outputs disagree beyond {TOLERANCE:g} at {case}: {row}"
+            )
+    return rows, paths
+
+
+def run_timings(paths, repeats):
+    """Best-of-``repeats`` seconds of every checked path, by case and name."""
+    return {
+        case: {name: best_of(run, repeats) for name, (run, _) in by_name.items()}
+        for case, by_name in paths.items()
+    }
+
+
+def memory_child(mode: str, m: int, C: int, size: int, k: int, repeats: int):
+    """Body of a subprocess that measures its own peak RSS (printed as JSON).
+
+    ``baseline`` imports JAX and the library and allocates the inputs;
+    ``layer`` also constructs one shift-invariant layer on them, then times
+    ``construct`` and the bare layer step (both warmed up).
+    """
+    X = jax.random.normal(jax.random.key(0), (m, C, size, size), jnp.float32)
+    y = jnp.arange(m) % k
+    jax.block_until_ready((X, y))
+    result = {}
+    if mode == "layer":
+
+        def one_layer():
+            return jax.block_until_ready(
+                construct(X, y, num_classes=k, num_layers=1, invariant=True)
+            )
+
+        start = time.perf_counter()
+        one_layer()
+        result["first_call_s"] = time.perf_counter() - start
+        result["construct_s"] = best_of(one_layer, repeats)
+        run, _ = spectral_path(normalize(X), y, k)
+        run()
+        result["layer_step_s"] = best_of(run, repeats)
+    result["self_peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps(result))
+
+
+def measure_memory(m: int, C: int, size: int, k: int, repeats: int) -> dict:
+    """Peak RSS of a baseline subprocess, then of one running a 2D layer.
+
+    ``RUSAGE_CHILDREN`` keeps the largest peak among finished children, so it
+    is read after the baseline child and again after the layer child.
+    """
+    dims = ["--memory-m", str(m), "--memory-channels", str(C)]
+    dims += ["--memory-classes", str(k), "--memory-size", str(size)]
+    dims += ["--repeats", str(repeats)]
+    reports, peaks = {}, {}
+    for mode in ("baseline", "layer"):
+        command = [sys.executable, str(Path(__file__).resolve())]
+        command += ["--memory-child", mode, *dims]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"memory subprocess ({mode}) failed:\n{done.stderr}")
+        reports[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+        peaks[mode] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+
+    layer = reports["layer"]
+    return {
+        "config": {"m": m, "C": C, "H": size, "W": size, "k": k},
+        "baseline_peak_rss_mib": peaks["baseline"] / MIB,
+        "layer_peak_rss_mib": peaks["layer"] / MIB,
+        "layer_minus_baseline_mib": (peaks["layer"] - peaks["baseline"]) / MIB,
+        "self_reported_peak_rss_mib": {
+            mode: report["self_peak_rss_kib"] / 1024 for mode, report in reports.items()
+        },
+        "fits_4_gib": peaks["layer"] <= MEMORY_BUDGET,
+        "first_call_s_including_compile": layer["first_call_s"],
+        "construct_one_layer_s": layer["construct_s"],
+        "layer_step_s": layer["layer_step_s"],
+    }
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny grid (seconds)")
+    parser.add_argument("--m", type=int, default=None, help="samples (500)")
+    parser.add_argument("--channels", type=int, default=None, help="C (8)")
+    parser.add_argument("--classes", type=int, default=None, help="k (4)")
+    parser.add_argument("--dense-lengths", type=int, nargs="+", default=None)
+    parser.add_argument("--scaling-lengths", type=int, nargs="+", default=None)
+    parser.add_argument("--scaling-channels", type=int, nargs="+", default=None)
+    parser.add_argument(
+        "--scaling-length", type=int, default=None, help="T of the C grid (64)"
+    )
+    parser.add_argument("--memory-m", type=int, default=None, help="2D m (100)")
+    parser.add_argument("--memory-channels", type=int, default=None, help="2D C (75)")
+    parser.add_argument("--memory-size", type=int, default=None, help="2D H = W (28)")
+    parser.add_argument("--memory-classes", type=int, default=None, help="2D k (10)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--memory-child", choices=("baseline", "layer"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+
+    quick = {
+        "m": 24,
+        "channels": 2,
+        "classes": 3,
+        "dense_lengths": [8, 16],
+        "scaling_lengths": [8, 16, 32],
+        "scaling_channels": [2, 4],
+        "scaling_length": 16,
+        "memory_m": 12,
+        "memory_channels": 3,
+        "memory_size": 8,
+        "memory_classes": 3,
+        "repeats": 3,
+    }
+    full = {
+        "m": 500,
+        "channels": 8,
+        "classes": 4,
+        "dense_lengths": [16, 32, 64, 128],
+        "scaling_lengths": [16, 32, 64, 128, 256],
+        "scaling_channels": [4, 8, 16, 32],
+        "scaling_length": 64,
+        "memory_m": 100,
+        "memory_channels": 75,
+        "memory_size": 28,
+        "memory_classes": 10,
+        "repeats": 5,
+    }
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.m < args.classes or args.memory_m < args.memory_classes:
+        parser.error("every class needs a sample: m must be >= k")
+    return args
+
+
+def summary(comparison, scaling, memory) -> str:
+    """The readable table printed at the end of a run."""
+    lines = ["", "Layer step (build + apply), ms per layer", ""]
+    lines.append(
+        f"{'case':28s} {'spectral':>9s} {'dense':>10s} {'numpy':>9s} "
+        f"{'dense/sp':>9s} {'numpy/sp':>9s}"
+    )
+    for row in comparison:
+        dense = row.get("dense_s")
+        lines.append(
+            f"{row['label']:28s} {row['spectral_s'] * 1e3:9.2f} "
+            + (f"{dense * 1e3:10.2f} " if dense else f"{'skipped':>10s} ")
+            + f"{row['numpy_s'] * 1e3:9.2f} "
+            + (f"{dense / row['spectral_s']:8.1f}x " if dense else f"{'-':>9s} ")
+            + f"{row['numpy_s'] / row['spectral_s']:8.1f}x"
+        )
+        if "dense_skipped" in row:
+            lines.append(f"    dense skipped: {row['dense_skipped']}")
+    for axis, fit in scaling.items():
+        points = "  ".join(
+            f"{axis}={size}: {seconds * 1e3:.2f}"
+            for size, seconds in zip(fit["sizes"], fit["spectral_s"], strict=True)
+        )
+        fixed = ", ".join(f"{key}={value}" for key, value in fit["fixed"].items())
+        lines += ["", f"spectral time vs {axis} ({fixed}), ms: {points}"]
+        lines.append(f"    fitted exponent: {fit['exponent']:.2f}")
+    cfg = memory["config"]
+    lines += [
+        "",
+        f"2D layer m={cfg['m']} C={cfg['C']} {cfg['H']}x{cfg['W']} k={cfg['k']}: "
+        f"peak RSS {memory['layer_peak_rss_mib']:.0f} MiB "
+        f"(baseline {memory['baseline_peak_rss_mib']:.0f} MiB, "
+        f"+{memory['layer_minus_baseline_mib']:.0f} MiB), "
+        f"fits in 4 GiB: {'yes' if memory['fits_4_gib'] else 'NO'}",
+        f"    construct one layer {memory['construct_one_layer_s']:.3f} s, "
+        f"layer step {memory['layer_step_s']:.3f} s, "
+        f"first call (compile) {memory['first_call_s_including_compile']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.memory_child:
+        memory_child(
+            args.memory_child,
+            args.memory_m,
+            args.memory_channels,
+            args.memory_size,
+            args.memory_classes,
+            args.repeats,
+        )
+        return
+
+    load_start = os.getloadavg()
+    m, C, k = args.m, args.channels, args.classes
+    dense_cases = [Case(m, C, T, k) for T in args.dense_lengths]
+    length_cases = [Case(m, C, T, k) for T in args.scaling_lengths]
+    channel_cases = [Case(m, c, args.scaling_length, k) for c in args.scaling_channels]
+    cases = list(dict.fromkeys(dense_cases + length_cases + channel_cases))
+
+    checks, paths = run_correctness(cases, set(dense_cases))
+    seconds = run_timings(paths, args.repeats)
+
+    checks_by_case = {Case(**row["case"]): row for row in checks}
+    comparison = []
+    for case in dense_cases:
+        row = {"label": str(case), **case._asdict()}
+        row.update({f"{name}_s": s for name, s in seconds[case].items()})
+        if "dense_skipped" in checks_by_case[case]:
+            row["dense_skipped"] = checks_by_case[case]["dense_skipped"]
+        comparison.append(row)
+
+    def scaling_fit(axis, grid, fixed):
+        times = [seconds[case]["spectral"] for case in grid]
+        sizes = [getattr(case, axis) for case in grid]
+        return {
+            "sizes": sizes,
+            "fixed": fixed,
+            "spectral_s": times,
+            "exponent": fit_exponent(sizes, times),
+        }
+
+    scaling = {
+        "T": scaling_fit("T", length_cases, {"m": m, "C": C, "k": k}),
+        "C": scaling_fit(
+            "C", channel_cases, {"m": m, "T": args.scaling_length, "k": k}
+        ),
+    }
+    memory = measure_memory(
+        args.memory_m,
+        args.memory_channels,
+        args.memory_size,
+        args.memory_classes,
+        args.repeats,
+    )
+
+    config = {
+        name: value
+        for name, value in vars(args).items()
+        if name not in ("out", "memory_child")
+    }
+    payload = {
+        "benchmark": "shift-invariant layer: spectral vs dense vs NumPy",
+        "config": {
+            **config,
+            "hyperparameters": HYPER,
+            "tolerance": TOLERANCE,
+            "dense_limits": {
+                "bytes": DENSE_MEMORY_LIMIT,
+                "seconds": DENSE_TIME_LIMIT_S,
+            },
+            "dtypes": {"spectral": "complex64", "dense": "float32", "numpy": "float64"},
+        },
+        "environment": {
+            **environment(),
+            "cpu_count": os.cpu_count(),
+            "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
+        },
+        "correctness": checks,
+        "comparison": comparison,
+        "scaling": scaling,
+        "memory_2d": memory,
+    }
+    print(summary(comparison, scaling, memory))
+    path = write_json(
+        "bench_spectral.json", payload, out=None if args.out is None else Path(args.out)
+    )
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
