@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -330,8 +329,20 @@ def run_timings(paths, repeats):
     }
 
 
+def _vm_hwm_kib() -> int | None:
+    """High-water RSS of this process image from ``/proc`` (Linux), in KiB."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
 def memory_child(mode: str, m: int, C: int, size: int, k: int, repeats: int):
-    """Body of a subprocess that measures its own peak RSS (printed as JSON).
+    """Body of a subprocess whose peak RSS is measured (its report goes to stdout).
 
     ``baseline`` imports JAX and the library and allocates the inputs;
     ``layer`` also constructs one shift-invariant layer on them, then times
@@ -355,28 +366,52 @@ def memory_child(mode: str, m: int, C: int, size: int, k: int, repeats: int):
         run, _ = spectral_path(normalize(X), y, k)
         run()
         result["layer_step_s"] = best_of(run, repeats)
-    result["self_peak_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["vm_hwm_kib"] = _vm_hwm_kib()
     print(json.dumps(result))
 
 
-def measure_memory(m: int, C: int, size: int, k: int, repeats: int) -> dict:
-    """Peak RSS of a baseline subprocess, then of one running a 2D layer.
+# On Linux a new process inherits the peak RSS of the process that spawned it
+# (ru_maxrss survives fork and exec), so a child of this already large process
+# would report at least our own peak. A minimal launcher therefore starts each
+# measured child and reads RUSAGE_CHILDREN itself, printing it last.
+_LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "done = subprocess.run(sys.argv[1:])\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(done.returncode)\n"
+)
 
-    ``RUSAGE_CHILDREN`` keeps the largest peak among finished children, so it
-    is read after the baseline child and again after the layer child.
+
+def _peak_rss_of(command) -> tuple[dict, int]:
+    """Run ``command`` through the launcher: its JSON report and peak RSS bytes."""
+    done = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, *command],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"memory subprocess failed:\n{done.stderr}")
+    *_, report, peak_kib = done.stdout.strip().splitlines()
+    return json.loads(report), int(peak_kib) * 1024  # ru_maxrss is in KiB
+
+
+def measure_memory(m: int, C: int, size: int, k: int, repeats: int) -> dict:
+    """Peak RSS of a subprocess running one 2D layer, and of a baseline one.
+
+    The baseline subprocess imports JAX and the library and allocates the
+    same inputs, so the difference is what the layer itself (its compilation
+    included) adds.
     """
     dims = ["--memory-m", str(m), "--memory-channels", str(C)]
     dims += ["--memory-classes", str(k), "--memory-size", str(size)]
     dims += ["--repeats", str(repeats)]
+    script = [sys.executable, str(Path(__file__).resolve())]
     reports, peaks = {}, {}
     for mode in ("baseline", "layer"):
-        command = [sys.executable, str(Path(__file__).resolve())]
-        command += ["--memory-child", mode, *dims]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise SystemExit(f"memory subprocess ({mode}) failed:\n{done.stderr}")
-        reports[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-        peaks[mode] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        reports[mode], peaks[mode] = _peak_rss_of(
+            [*script, "--memory-child", mode, *dims]
+        )
 
     layer = reports["layer"]
     return {
@@ -384,8 +419,9 @@ def measure_memory(m: int, C: int, size: int, k: int, repeats: int) -> dict:
         "baseline_peak_rss_mib": peaks["baseline"] / MIB,
         "layer_peak_rss_mib": peaks["layer"] / MIB,
         "layer_minus_baseline_mib": (peaks["layer"] - peaks["baseline"]) / MIB,
-        "self_reported_peak_rss_mib": {
-            mode: report["self_peak_rss_kib"] / 1024 for mode, report in reports.items()
+        "vm_hwm_mib": {
+            mode: None if report["vm_hwm_kib"] is None else report["vm_hwm_kib"] / 1024
+            for mode, report in reports.items()
         },
         "fits_4_gib": peaks["layer"] <= MEMORY_BUDGET,
         "first_call_s_including_compile": layer["first_call_s"],
@@ -487,8 +523,8 @@ def summary(comparison, scaling, memory) -> str:
         f"(baseline {memory['baseline_peak_rss_mib']:.0f} MiB, "
         f"+{memory['layer_minus_baseline_mib']:.0f} MiB), "
         f"fits in 4 GiB: {'yes' if memory['fits_4_gib'] else 'NO'}",
-        f"    construct one layer {memory['construct_one_layer_s']:.3f} s, "
-        f"layer step {memory['layer_step_s']:.3f} s, "
+        f"    construct one layer {memory['construct_one_layer_s'] * 1e3:.1f} ms, "
+        f"layer step {memory['layer_step_s'] * 1e3:.1f} ms, "
         f"first call (compile) {memory['first_call_s_including_compile']:.1f} s",
     ]
     return "\n".join(lines)

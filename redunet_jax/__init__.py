@@ -15,6 +15,7 @@ from redunet_jax._classify import (
     fit_nearest_subspace,
     nearest_subspace,
     predict_nearest_subspace,
+    shift_invariant_features,
 )
 from redunet_jax._estimator import ReduNetClassifier
 from redunet_jax._fourier import bin_weights, fourier_norm, from_fourier, to_fourier
@@ -74,6 +75,7 @@ __all__ = [
     "rate_reduction",
     "rates_per_layer",
     "read_idx",
+    "shift_invariant_features",
     "sinusoids",
     "save",
     "shift_invariant_rate_reduction",

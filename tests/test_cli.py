@@ -175,7 +175,9 @@ def test_invariant_fit_and_shift_evaluation(tmp_path, capsys):
     assert "(-8,)" in text and "(8,)" in text
     report = json.loads((out / "shifts.json").read_text())
     assert len(report["shifts"]) == 5
-    assert report["worst"]["changed_predictions"] == 0
+    assert report["worst"]["changed_pihat"] == 0
+    assert report["worst"]["changed_nearest_subspace_invariant"] == 0
+    assert report["worst"]["max_pihat_change"] < 1e-4
     pihat = {row["pihat"] for row in report["shifts"]}
     assert len(pihat) == 1  # identical accuracy on every shifted test set
 
