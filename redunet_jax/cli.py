@@ -446,10 +446,10 @@ def _shift_table(net, raw, config: dict, readouts: dict) -> tuple[list, dict]:
     _, base_guesses, base_pihat = next(r for r in results if not any(r[0]))
 
     table = []
-    worst = {f"changed_{name}": 0 for name in readouts}
+    worst: dict[str, float] = {f"changed_{name}": 0 for name in readouts}
     worst["max_pihat_change"] = 0.0
     for shift, guesses, pihat in results:
-        row = {"shift": list(shift)}
+        row: dict[str, object] = {"shift": list(shift)}
         for name, guess in guesses.items():
             row[name] = float(np.mean(guess == raw.y_test))
             changed = int(np.sum(guess != base_guesses[name]))
