@@ -14,53 +14,35 @@ import numpy as np
 
 from redunet_jax._lift import lift, lifting_filters
 
+
+def _settings(layers: int, eps_sq: float, **extra) -> dict:
+    return {"layers": layers, "eps_sq": eps_sq, "eta": 0.5, "lam": 500.0, **extra}
+
+
+def _invariant(lift_channels: int, kernel_size: int, **extra) -> dict:
+    return _settings(
+        20,
+        0.1,
+        invariant=True,
+        lift_channels=lift_channels,
+        kernel_size=kernel_size,
+        **extra,
+    )
+
+
 DEFAULTS: dict[str, dict] = {
     # Settings of the ReduNet digits experiment: the nearest-subspace test
     # accuracy beats the same classifier on the inputs.
-    "digits": {"layers": 30, "eps_sq": 0.5, "eta": 0.5, "lam": 500.0},
+    "digits": _settings(30, 0.5),
     # The mixtures approach the closed-form plateau within 1% after about 770
     # layers; 1000 layers take a few seconds.
-    "gaussian2d": {"layers": 1000, "eps_sq": 0.1, "eta": 0.5, "lam": 500.0},
-    "gaussian3d": {"layers": 1000, "eps_sq": 0.1, "eta": 0.5, "lam": 500.0},
-    "idx": {"layers": 30, "eps_sq": 0.5, "eta": 0.5, "lam": 500.0},
-    "sinusoids": {
-        "layers": 20,
-        "eps_sq": 0.1,
-        "eta": 0.5,
-        "lam": 500.0,
-        "invariant": True,
-        "lift_channels": 8,
-        "kernel_size": 5,
-    },
-    "digits-translation": {
-        "layers": 20,
-        "eps_sq": 0.1,
-        "eta": 0.5,
-        "lam": 500.0,
-        "invariant": True,
-        "lift_channels": 16,
-        "kernel_size": 3,
-    },
-    "digits-rotation": {
-        "layers": 20,
-        "eps_sq": 0.1,
-        "eta": 0.5,
-        "lam": 500.0,
-        "invariant": True,
-        "lift_channels": 16,
-        "kernel_size": 5,
-        "radii": 8,
-        "angles": 32,
-    },
-    "mnist1d": {
-        "layers": 20,
-        "eps_sq": 0.1,
-        "eta": 0.5,
-        "lam": 500.0,
-        "invariant": True,
-        "lift_channels": 16,
-        "kernel_size": 5,
-    },
+    "gaussian2d": _settings(1000, 0.1),
+    "gaussian3d": _settings(1000, 0.1),
+    "idx": _settings(30, 0.5),
+    "sinusoids": _invariant(8, 5),
+    "digits-translation": _invariant(16, 3),
+    "digits-rotation": _invariant(16, 5, radii=8, angles=32),
+    "mnist1d": _invariant(16, 5),
 }
 
 SHIFTS = (-8, -4, 0, 4, 8)

@@ -63,11 +63,6 @@ def scaled_inverse_and_logdet(S: jax.Array, a: jax.Array):
     )
 
 
-def scaled_inverse(S: jax.Array, a: jax.Array) -> jax.Array:
-    """Return ``a * inv(I + a * S)`` for a stack of matrices, one Cholesky call."""
-    return scaled_inverse_and_logdet(S, a)[0]
-
-
 def safe_norm(x: jax.Array, axis, *, floor: float = 1e-8) -> jax.Array:
     """Euclidean norm clamped below at ``floor`` with a finite gradient at 0."""
     sq = jnp.sum(jnp.real(x * jnp.conj(x)), axis=axis)

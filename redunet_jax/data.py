@@ -147,15 +147,7 @@ def _digits(seed, test_size) -> Dataset:
     X, y = (np.asarray(part) for part in load_digits(return_X_y=True))
     X_train, X_test, y_train, y_test = _split(X, y, seed, test_size)
     X_train, X_test = _standardize(X_train, X_test)
-    return Dataset(
-        X_train.astype(np.float32),
-        y_train.astype(np.int32),
-        X_test.astype(np.float32),
-        y_test.astype(np.int32),
-        10,
-        "digits",
-        10,
-    )
+    return _as_dataset(X_train, y_train, X_test, y_test, 10, "digits", 10)
 
 
 def gaussian_mixture(
@@ -284,15 +276,7 @@ def _idx_folder(folder: Path, seed: int, test_size: float) -> Dataset:
     if y_train.min() < 0 or classes < 2:
         raise ValueError(f"{folder}: labels must be integers 0..k-1 with k >= 2")
     X_train, X_test = _standardize(X_train, X_test)
-    return Dataset(
-        X_train.astype(np.float32),
-        y_train.astype(np.int32),
-        X_test.astype(np.float32),
-        y_test.astype(np.int32),
-        classes,
-        f"idx:{folder}",
-        10,
-    )
+    return _as_dataset(X_train, y_train, X_test, y_test, classes, f"idx:{folder}", 10)
 
 
 def sinusoids(
