@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import best_of, environment, write_json
@@ -87,17 +88,20 @@ def run_case(name, X, y, k, layers, hyper):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=10)
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="digits only, 2 layers")
     args = parser.parse_args()
+    layers = 2 if args.quick else args.layers
 
     hyper = {"eta": 0.5, "eps_sq": 0.5, "lam": 500.0}
     digits = load_dataset("digits")
     cases = [("digits", digits.X_train, digits.y_train, 10)]
-    cases += [
-        (f"synthetic m={m} d={d}", *synthetic(m, d, 10), 10)
-        for m, d in ((4000, 64), (4000, 256))
-    ]
-    results = [run_case(name, X, y, k, args.layers, hyper) for name, X, y, k in cases]
+    if not args.quick:
+        cases += [
+            (f"synthetic m={m} d={d}", *synthetic(m, d, 10), 10)
+            for m, d in ((4000, 64), (4000, 256))
+        ]
+    results = [run_case(name, X, y, k, layers, hyper) for name, X, y, k in cases]
     for row in results:
         print(
             f"{row['case']:24s} jax {row['jax_s_per_layer'] * 1e3:8.2f} ms/layer  "
@@ -114,7 +118,7 @@ def main():
             "environment": environment(),
             "results": results,
         },
-        out=None if args.out is None else __import__("pathlib").Path(args.out),
+        out=args.out,
     )
     print(f"wrote {path}")
 

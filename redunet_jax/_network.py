@@ -31,7 +31,7 @@ from redunet_jax._circulant import (
     _move_circulant,
 )
 from redunet_jax._fourier import _bin_weights, _irfft, _rfft, check_signals
-from redunet_jax._linalg import safe_norm
+from redunet_jax._linalg import safe_norm, single_threaded_lapack
 from redunet_jax._rates import Rates, _vector_rates, paired_rates
 from redunet_jax._spectral_rates import _spectral_rates
 from redunet_jax._vector import NORM_FLOOR, VectorLayer, _build_with_rates, _move
@@ -245,14 +245,16 @@ def construct(
     # Each step returns the rates of its input, i.e. of the previous layer's
     # output, from the factorization that builds its operators.
     layers = []
-    for index in range(num_layers):
-        layer, Z, rates = _construction_step(
-            Z, Pi, *hyper, use_labels=use_labels, signal_shape=signal_shape
-        )
-        if index > 0:
-            report(index - 1, rates)
-        layers.append(layer)
-    report(num_layers - 1, _rates_step(Z, Pi, hyper[0], signal_shape=signal_shape))
+    with single_threaded_lapack():
+        for index in range(num_layers):
+            layer, Z, rates = _construction_step(
+                Z, Pi, *hyper, use_labels=use_labels, signal_shape=signal_shape
+            )
+            if index > 0:
+                report(index - 1, rates)
+            layers.append(layer)
+        final = _rates_step(Z, Pi, hyper[0], signal_shape=signal_shape)
+        report(num_layers - 1, final)
 
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
     net = ReduNet(
@@ -372,9 +374,11 @@ def rates_per_layer(net: ReduNet, X, labels) -> dict[str, Rates]:
     X = _check_input(net, X)
     y = check_labels(labels, "labels", m=X.shape[0], num_classes=net.num_classes)
     Pi = jax.nn.one_hot(y, net.num_classes, dtype=X.dtype)
-    true, estimated = _rates_scan(net, X, Pi)
     domain = _domain(net.signal_shape)
-    start = _rates_step(
-        domain.encode(normalize(X)), Pi, net.eps_sq, signal_shape=net.signal_shape
-    )
+    with single_threaded_lapack():
+        true, estimated = _rates_scan(net, X, Pi)
+        start = _rates_step(
+            domain.encode(normalize(X)), Pi, net.eps_sq, signal_shape=net.signal_shape
+        )
+        jax.block_until_ready((true, estimated, start))
     return {"input": start, "true": true, "estimated": estimated}
