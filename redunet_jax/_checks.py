@@ -56,9 +56,18 @@ def check_float_array(x, name: str, *, ndims: tuple[int, ...]) -> jax.Array:
         if not finite.all():
             bad = int(arr.size - finite.sum())
             raise ValueError(f"{name} contains {bad} NaN or infinite values")
-    if not floating:
-        return jnp.asarray(arr, dtype=jnp.result_type(float))
-    return jnp.asarray(arr)
+    # Half precision is computed in float32 (factorizations need it); integers
+    # become the default float type.
+    target = jnp.promote_types(arr.dtype, jnp.float32) if floating else float
+    with np.errstate(over="ignore"):  # overflow is reported below, by name
+        out = jnp.asarray(arr, dtype=jax.dtypes.canonicalize_dtype(target))
+    if is_concrete(out) and out.dtype != arr.dtype and floating:
+        if not np.isfinite(np.asarray(out)).all():
+            raise ValueError(
+                f"{name} has values too large for {out.dtype} (largest magnitude "
+                f"{float(np.max(np.abs(np.asarray(arr)))):.3g}); rescale it"
+            )
+    return out
 
 
 def check_labels(labels, name: str, *, m: int, num_classes: int) -> jax.Array:
@@ -119,6 +128,17 @@ def check_memberships(Pi, name: str, *, m: int) -> jax.Array:
     return arr
 
 
+def check_finite_result(rates, name: str = "Z"):
+    """Raise if concrete rates overflowed (features far too large for the dtype)."""
+    values = [v for v in rates if is_concrete(v)]
+    if values and not all(np.isfinite(np.asarray(v)).all() for v in values):
+        raise ValueError(
+            f"the rates of {name} are not finite: its values are too large for "
+            "the floating-point type (normalize the features first)"
+        )
+    return rates
+
+
 def check_positive(value, name: str):
     """Return ``value`` as a float after checking it is finite and > 0.
 
@@ -142,6 +162,14 @@ def check_real(value, name: str) -> float:
     number = float(value)
     if not np.isfinite(number):
         raise ValueError(f"{name} must be finite, got {value!r}")
+    return number
+
+
+def check_float32(value, name: str) -> float:
+    """Return a finite real ``value`` that float32 can represent."""
+    number = check_real(value, name)
+    if is_concrete(number) and abs(number) > float(np.finfo(np.float32).max):
+        raise ValueError(f"{name} is too large for float32, got {value!r}")
     return number
 
 

@@ -19,6 +19,35 @@ def _flat(Z) -> np.ndarray:
     return Z.reshape(Z.shape[0], -1)
 
 
+def usable_n_comp(n_comp: int, Z) -> int:
+    """``n_comp`` capped at D - 1 for features of dimension D (at least 1)."""
+    return max(1, min(int(n_comp), int(np.prod(np.shape(Z)[1:])) - 1))
+
+
+def _check_features(Z, labels, name: str, *, num_classes: int):
+    """Flat float64 features (m, D) and integer labels in [0, num_classes)."""
+    check_int(num_classes, "num_classes", minimum=2)
+    Z = _flat(Z).astype(np.float64)
+    if not np.isfinite(Z).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    labels = np.asarray(labels)
+    if labels.shape != (Z.shape[0],):
+        raise ValueError(
+            f"labels must have shape ({Z.shape[0]},) to match {name}, "
+            f"got {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not (
+            np.issubdtype(labels.dtype, np.floating)
+            and np.all(labels == np.round(labels))
+        ):
+            raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+        labels = labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, num_classes={num_classes})")
+    return Z, labels
+
+
 def shift_invariant_features(Z) -> np.ndarray:
     """Moduli of the orthonormal rfft coefficients, flattened: (m, C * F).
 
@@ -58,14 +87,18 @@ def fit_nearest_subspace(
       ``n_comp`` is padded with zero columns, an absent class has a zero basis.
 
     Raises:
-      ValueError: if ``n_comp`` is not in ``[1, D]``.
+      ValueError: if ``n_comp`` is not in ``[1, D - 1]`` (subspaces as large as
+        the whole space leave no residual and cannot separate classes), or if
+        the features and labels disagree.
     """
-    Z = _flat(Z).astype(np.float64)
-    labels = np.asarray(labels)
+    Z, labels = _check_features(Z, labels, "Z", num_classes=num_classes)
     n_comp = check_int(n_comp, "n_comp", minimum=1)
     D = Z.shape[1]
-    if n_comp > D:
-        raise ValueError(f"n_comp must be <= feature dimension {D}, got {n_comp}")
+    if n_comp >= D:
+        raise ValueError(
+            f"n_comp must be < feature dimension {D} (a class subspace of the whole "
+            f"space separates nothing), got {n_comp}"
+        )
     bases = np.zeros((num_classes, D, n_comp))
     for j in range(num_classes):
         Z_j = Z[labels == j]
@@ -80,6 +113,10 @@ def fit_nearest_subspace(
 def predict_nearest_subspace(bases: np.ndarray, Z) -> np.ndarray:
     """Class whose subspace leaves the smallest residual ``||(I - U U^T) z||``."""
     Z = _flat(Z).astype(np.float64)
+    if bases.ndim != 3 or Z.shape[1] != bases.shape[1]:
+        raise ValueError(
+            f"Z has {Z.shape[1]} features per sample, the bases expect {bases.shape[1]}"
+        )
     projections = np.einsum("kdc,md->mkc", bases, Z)
     residual = np.sum(Z * Z, axis=1)[:, None] - np.sum(projections**2, axis=-1)
     return np.argmin(residual, axis=1)
@@ -148,13 +185,20 @@ def evaluate(
     from sklearn.svm import LinearSVC
 
     known = {"nearest_subspace", "svm", "knn"}
+    if isinstance(classifiers, str):
+        classifiers = (classifiers,)
     unknown = set(classifiers) - known
     if unknown:
         raise ValueError(
             f"classifiers must be among {sorted(known)}, got {sorted(unknown)}"
         )
-    A, B = _flat(Z_train), _flat(Z_test)
-    y_a, y_b = np.asarray(y_train), np.asarray(y_test)
+    A, y_a = _check_features(Z_train, y_train, "Z_train", num_classes=num_classes)
+    B, y_b = _check_features(Z_test, y_test, "Z_test", num_classes=num_classes)
+    if A.shape[1] != B.shape[1]:
+        raise ValueError(
+            f"Z_train and Z_test must have the same features per sample, got "
+            f"{A.shape[1]} and {B.shape[1]}"
+        )
     result: dict[str, dict[str, float]] = {"train": {}, "test": {}}
     for name in classifiers:
         if name == "nearest_subspace":

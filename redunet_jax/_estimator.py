@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
 
-from redunet_jax._classify import fit_nearest_subspace, predict_nearest_subspace
+from redunet_jax._classify import (
+    fit_nearest_subspace,
+    predict_nearest_subspace,
+    usable_n_comp,
+)
 from redunet_jax._network import construct, predict, transform
+
+
+def _as_real_array(X, name: str) -> np.ndarray:
+    """Dense float32 array; complex, sparse and object input is rejected."""
+    if hasattr(X, "toarray"):
+        raise TypeError(f"{name} must be a dense array; sparse input is not supported")
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {X.dtype}")
+    return X.astype(np.float32)
 
 
 class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
@@ -25,7 +41,8 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
       invariant: shift-invariant layers for signals (m, C, T) or (m, C, H, W).
       readout: ``"nearest_subspace"`` (default) or ``"pihat"`` (the network's own
         ``argmax pihat``).
-      n_comp: subspace dimension of the nearest-subspace read-out.
+      n_comp: subspace dimension of the nearest-subspace read-out, capped at
+        d - 1 for d features per sample.
 
     Example:
       >>> from sklearn.datasets import load_digits
@@ -61,8 +78,12 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
             raise ValueError(
                 f"readout must be 'nearest_subspace' or 'pihat', got {self.readout!r}"
             )
-        X = np.asarray(X, dtype=np.float32)
-        self.classes_, encoded = np.unique(np.asarray(y), return_inverse=True)
+        X = _as_real_array(X, "X")
+        y = np.asarray(y)
+        check_classification_targets(y)
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise ValueError("y contains NaN or infinite values")
+        self.classes_, encoded = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(
                 f"y must contain at least 2 classes, got {len(self.classes_)}"
@@ -79,25 +100,24 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         )
         self.n_features_in_ = int(np.prod(X.shape[1:]))
         if self.readout == "nearest_subspace":
-            n_comp = min(self.n_comp, self.n_features_in_)
+            n_comp = usable_n_comp(self.n_comp, Z)
             self.bases_ = fit_nearest_subspace(
                 Z, encoded, num_classes=len(self.classes_), n_comp=n_comp
             )
         return self
 
     def _check_fitted(self):
-        if not hasattr(self, "net_"):
-            raise ValueError("this ReduNetClassifier is not fitted yet; call fit first")
+        check_is_fitted(self, "net_")
 
     def transform(self, X):
         """Output features of the constructed network, of the shape of ``X``."""
         self._check_fitted()
-        return np.asarray(transform(self.net_, np.asarray(X, dtype=np.float32)))
+        return np.asarray(transform(self.net_, _as_real_array(X, "X")))
 
     def predict(self, X):
         """Predicted labels (m,) in the original label set."""
         self._check_fitted()
-        X = np.asarray(X, dtype=np.float32)
+        X = _as_real_array(X, "X")
         if self.readout == "pihat":
             index = np.asarray(predict(self.net_, X))
         else:

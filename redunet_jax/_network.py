@@ -19,11 +19,11 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from redunet_jax._checks import (
+    check_float32,
     check_float_array,
     check_int,
     check_labels,
     check_positive,
-    check_real,
 )
 from redunet_jax._circulant import (
     CirculantLayer,
@@ -219,11 +219,13 @@ def construct(
     """
     num_classes = check_int(num_classes, "num_classes", minimum=2)
     num_layers = check_int(num_layers, "num_layers", minimum=1)
-    eps_sq = check_positive(eps_sq, "eps_sq")
-    eta = check_real(eta, "eta")
-    lam = check_real(lam, "lam")
+    eps_sq = check_positive(check_float32(eps_sq, "eps_sq"), "eps_sq")
+    eta = check_positive(check_float32(eta, "eta"), "eta")
+    lam = check_float32(lam, "lam")
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     X = check_signals(X, "X") if invariant else check_float_array(X, "X", ndims=(2,))
     y = check_labels(labels, "labels", m=X.shape[0], num_classes=num_classes)
     signal_shape = tuple(X.shape[2:]) if invariant else None

@@ -12,7 +12,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from redunet_jax._checks import check_float_array, check_memberships, check_positive
+from redunet_jax._checks import (
+    check_finite_result,
+    check_float_array,
+    check_memberships,
+    check_positive,
+)
 from redunet_jax._linalg import logdet_shifted
 
 
@@ -131,4 +136,4 @@ def rate_reduction(Z, Pi, *, eps_sq: float) -> Rates:
     Z = check_float_array(Z, "Z", ndims=(2,))
     Pi = check_memberships(Pi, "Pi", m=Z.shape[0])
     eps_sq = check_positive(eps_sq, "eps_sq")
-    return _vector_rates_jit(Z, Pi, eps_sq)
+    return check_finite_result(_vector_rates_jit(Z, Pi, eps_sq))

@@ -18,7 +18,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from redunet_jax._checks import check_memberships, check_positive
+from redunet_jax._checks import check_finite_result, check_memberships, check_positive
 from redunet_jax._fourier import _bin_weights, _rfft, check_signals
 from redunet_jax._linalg import logdet_shifted
 from redunet_jax._rates import Rates, class_counts, rates_from_logdets
@@ -144,4 +144,4 @@ def shift_invariant_rate_reduction(Z, Pi, *, eps_sq: float) -> Rates:
     Z = check_signals(Z, "Z")
     Pi = check_memberships(Pi, "Pi", m=Z.shape[0])
     eps_sq = check_positive(eps_sq, "eps_sq")
-    return _signal_rates(Z, Pi, eps_sq)
+    return check_finite_result(_signal_rates(Z, Pi, eps_sq))

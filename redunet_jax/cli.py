@@ -15,6 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from redunet_jax._classify import usable_n_comp
+
 
 class CLIError(Exception):
     """A user error reported as one line, with exit status 2."""
@@ -123,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="move training features with their true labels",
     )
-    fit.add_argument("--out", type=Path, help="output folder (default runs/DATASET)")
+    fit.add_argument("--out", help="output folder (default runs/DATASET)")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = sub.add_parser("evaluate", help="reload a run and score it again")
@@ -188,8 +192,6 @@ def _load(config: dict):
 
 
 def _score(net, X_train, y_train, X_test, y_test, *, num_classes: int, n_comp: int):
-    import numpy as np
-
     from redunet_jax import (
         evaluate,
         predict,
@@ -200,7 +202,7 @@ def _score(net, X_train, y_train, X_test, y_test, *, num_classes: int, n_comp: i
 
     Z_train = transform(net, X_train)
     Z_test = transform(net, X_test)
-    n_comp = min(n_comp, int(np.prod(Z_train.shape[1:])))
+    n_comp = usable_n_comp(n_comp, Z_train)
     accuracy = evaluate(
         Z_train, y_train, Z_test, y_test, num_classes=num_classes, n_comp=n_comp
     )
@@ -275,9 +277,12 @@ def _fit_config(args) -> dict:
     ):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
-    if args.dataset == "digits-rotation":
-        config.setdefault("radii", 8)
-        config.setdefault("angles", 32)
+    if args.dataset != "digits-rotation" and (args.radii or args.angles):
+        raise CLIError("--radii and --angles apply to digits-rotation only")
+    if not config["invariant"] and (args.lift_channels is not None or args.kernel_size):
+        raise CLIError("--lift-channels and --kernel-size apply to invariant networks")
+    if args.angles is not None and args.angles < 2:
+        raise CLIError(f"--angles must be >= 2, got {args.angles}")
     config.update(
         dataset=args.dataset,
         seed=args.seed,
@@ -288,7 +293,6 @@ def _fit_config(args) -> dict:
 
 
 def _run_fit(args) -> int:
-    import numpy as np
     from tqdm.auto import tqdm
 
     from redunet_jax import construct, evaluate, normalize, save
@@ -297,13 +301,21 @@ def _run_fit(args) -> int:
 
     config = _fit_config(args)
     name = args.dataset.replace(":", "_").replace("/", "_")
-    out = _writable_folder(args.out or Path("runs") / name)
+    if args.out is not None and not args.out.strip():
+        raise CLIError("--out must name an output folder, got an empty string")
+    out = _writable_folder(Path(args.out) if args.out else Path("runs") / name)
 
     timings = {}
     start = time.perf_counter()
     raw, X_train, X_test = _load(config)
     timings["load"] = time.perf_counter() - start
     n_comp = args.n_comp or raw.n_comp
+    dimension = int(np.prod(X_train.shape[1:]))
+    if args.n_comp is not None and args.n_comp >= dimension:
+        raise CLIError(
+            f"--n-comp must be smaller than the feature dimension {dimension}, "
+            f"got {args.n_comp}"
+        )
     config.update(
         n_comp=n_comp, num_classes=raw.num_classes, input_shape=list(X_train.shape[1:])
     )
@@ -337,6 +349,8 @@ def _run_fit(args) -> int:
     timings["construct"] = time.perf_counter() - start
     timings["construct_per_layer"] = timings["construct"] / config["layers"]
     bar.close()
+    if not args.quiet:
+        sys.stderr.write("evaluating: per-layer rates and classifiers...\n")
 
     start = time.perf_counter()
     accuracy, rates, Z_train, Z_test = _score(
@@ -356,7 +370,7 @@ def _run_fit(args) -> int:
         flat_test,
         raw.y_test,
         num_classes=raw.num_classes,
-        n_comp=min(n_comp, flat_train.shape[1]),
+        n_comp=usable_n_comp(n_comp, flat_train),
     )
     timings["evaluate"] = time.perf_counter() - start
 
@@ -369,14 +383,15 @@ def _run_fit(args) -> int:
         "timings_s": timings,
         "versions": _versions(),
     }
+    # metrics.json is written last: its presence marks a complete run.
     save(out / "network.npz", net)
-    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     plot_rates(rates, out / "rates.png", title=f"ReduNet on {args.dataset}")
     plot_cosine(
         {"test inputs": normalize(X_test), "test outputs": np.asarray(Z_test)},
         raw.y_test,
         out / "cosine.png",
     )
+    atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     sys.stdout.write(
         _summary(metrics) + f"\nwrote {out}/ (network.npz, metrics.json, "
         "rates.png, cosine.png)\n"
@@ -386,8 +401,6 @@ def _run_fit(args) -> int:
 
 def _readouts(net, Z_train, y_train, *, num_classes: int, n_comp: int) -> dict:
     """Prediction functions on network inputs, keyed by read-out name."""
-    import numpy as np
-
     from redunet_jax import (
         fit_nearest_subspace,
         predict,
@@ -396,7 +409,7 @@ def _readouts(net, Z_train, y_train, *, num_classes: int, n_comp: int) -> dict:
         transform,
     )
 
-    n_comp = min(n_comp, int(np.prod(Z_train.shape[1:])))
+    n_comp = usable_n_comp(n_comp, Z_train)
     bases = fit_nearest_subspace(
         Z_train, y_train, num_classes=num_classes, n_comp=n_comp
     )
@@ -426,8 +439,6 @@ def _shift_table(net, raw, config: dict, readouts: dict) -> tuple[list, dict]:
     number of test predictions that differ from those on the unshifted set,
     plus the largest change of any ``pihat`` entry.
     """
-    import numpy as np
-
     from redunet_jax import predict_proba
     from redunet_jax._experiment import prepare, roll, shift_grid
 
@@ -458,8 +469,18 @@ def _shift_table(net, raw, config: dict, readouts: dict) -> tuple[list, dict]:
     return table, worst
 
 
+def _stored_accuracy(stored: dict, name: str) -> float | None:
+    """A test accuracy recorded in metrics.json, or None if absent or malformed."""
+    try:
+        value = stored["accuracy"]["test"][name]
+    except (KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def _run_evaluate(args) -> int:
     from redunet_jax import load
+    from redunet_jax._experiment import defaults_for
     from redunet_jax.io import atomic_write_bytes
 
     metrics_path = args.run / "metrics.json"
@@ -471,8 +492,8 @@ def _run_evaluate(args) -> int:
         missing = [k for k in ("dataset", "seed", "test_size") if k not in config]
         if missing:
             raise KeyError(", ".join(missing))
-        config.setdefault("invariant", False)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        config = {**defaults_for(str(config["dataset"])), **config}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise CLIError(f"{metrics_path} is not a valid metrics file ({err})") from None
     net = load(args.run / "network.npz")
     raw, X_train, X_test = _load(config)
@@ -488,7 +509,7 @@ def _run_evaluate(args) -> int:
     )
     rows: list[tuple[str, ...]] = [("accuracy", "train", "test", "stored test")]
     for name in accuracy["test"]:
-        before = stored.get("accuracy", {}).get("test", {}).get(name)
+        before = _stored_accuracy(stored, name)
         rows.append(
             (
                 name,
@@ -542,6 +563,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("redunet: interrupted\n")
         return 130
+    except Exception as err:  # noqa: BLE001 - the command never shows a traceback
+        message = str(err).splitlines()[0] if str(err) else ""
+        sys.stderr.write(
+            f"redunet: error: unexpected {type(err).__name__}: {message} "
+            "(please report this)\n"
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -130,7 +131,17 @@ def load_dataset(
 def _split(X, y, seed, test_size):
     from sklearn.model_selection import train_test_split
 
-    parts = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    try:
+        parts = train_test_split(
+            X, y, test_size=test_size, random_state=seed, stratify=y
+        )
+    except ValueError as err:
+        raise ValueError(
+            f"cannot split {len(y)} samples with test_size={test_size} "
+            f"(every class needs a sample on each side): {err}"
+        ) from err
     return [np.asarray(part) for part in parts]
 
 
@@ -203,6 +214,23 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
       The array, with the shape stored in the header, in native byte order.
     """
     path = Path(path)
+    try:
+        dims, dtype, body, nbytes = _read_idx_parts(path)
+    except (EOFError, OSError, zlib.error) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: unreadable IDX file ({err})") from err
+    if len(body) != nbytes:
+        raise ValueError(
+            f"{path}: IDX header announces {nbytes} data bytes for shape {dims}, "
+            f"the file holds {len(body)}"
+        )
+    return (
+        np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+    )
+
+
+def _read_idx_parts(path: Path):
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         header = handle.read(4)
@@ -224,14 +252,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         if nbytes > _IDX_MAX_BYTES:
             raise ValueError(f"{path}: IDX dimensions {dims} are implausibly large")
         body = handle.read(nbytes + 1)
-    if len(body) != nbytes:
-        raise ValueError(
-            f"{path}: IDX header announces {nbytes} data bytes for shape {dims}, "
-            f"the file holds {len(body)}"
-        )
-    return (
-        np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
-    )
+    return dims, dtype, body, nbytes
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -246,15 +267,38 @@ def _find(folder: Path, stem: str) -> Path | None:
 def _read_pair(folder: Path, prefix: str):
     images = _find(folder, f"{prefix}-images-idx3-ubyte")
     labels = _find(folder, f"{prefix}-labels-idx1-ubyte")
-    if images is None or labels is None:
+    if images is None and labels is None:
         return None
+    if images is None or labels is None:
+        present = images or labels
+        raise FileNotFoundError(f"{folder}: {present} has no matching {prefix} file")
     X = read_idx(images)
     y = read_idx(labels)
     if y.ndim != 1 or X.shape[0] != y.shape[0]:
         raise ValueError(
             f"{folder}: {prefix} images {X.shape} and labels {y.shape} do not match"
         )
-    return X.reshape(len(X), -1).astype(np.float32), y.astype(np.int64)
+    if len(y) == 0:
+        raise ValueError(f"{images} holds no samples")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{labels} must hold integer labels, got {y.dtype}")
+    X = X.reshape(len(X), -1).astype(np.float32)
+    if not np.isfinite(X).all():
+        raise ValueError(f"{images} holds NaN or infinite values")
+    return X, y.astype(np.int64)
+
+
+def _check_idx_labels(folder: Path, y: np.ndarray) -> int:
+    """Number of classes k of IDX labels, which must be 0..k-1, k >= 2."""
+    classes = int(y.max()) + 1
+    if y.min() < 0 or classes < 2:
+        raise ValueError(f"{folder}: labels must be integers 0..k-1 with k >= 2")
+    if classes > len(y):
+        raise ValueError(
+            f"{folder}: labels go up to {classes - 1} but there are only {len(y)} "
+            "training samples; labels must be class indices 0..k-1"
+        )
+    return classes
 
 
 def _idx_folder(folder: Path, seed: int, test_size: float) -> Dataset:
@@ -267,14 +311,19 @@ def _idx_folder(folder: Path, seed: int, test_size: float) -> Dataset:
         raise FileNotFoundError(
             f"{folder} lacks train-images-idx3-ubyte and train-labels-idx1-ubyte"
         )
+    classes = _check_idx_labels(folder, train[1])
     test = _read_pair(folder, "t10k")
     if test is None:
         X_train, X_test, y_train, y_test = _split(*train, seed, test_size)
     else:
         (X_train, y_train), (X_test, y_test) = train, test
-    classes = int(max(y_train.max(), y_test.max())) + 1
-    if y_train.min() < 0 or classes < 2:
-        raise ValueError(f"{folder}: labels must be integers 0..k-1 with k >= 2")
+        if X_test.shape[1] != X_train.shape[1]:
+            raise ValueError(
+                f"{folder}: test images have {X_test.shape[1]} pixels, training "
+                f"images {X_train.shape[1]}"
+            )
+        if y_test.min() < 0 or y_test.max() >= classes:
+            raise ValueError(f"{folder}: test labels outside the training classes")
     X_train, X_test = _standardize(X_train, X_test)
     return _as_dataset(X_train, y_train, X_test, y_test, classes, f"idx:{folder}", 10)
 

@@ -32,8 +32,14 @@ _CONFIG_KEY = "__config__"
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates owner-only files; give the usual permissions instead.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -137,7 +143,9 @@ def _from_parts(path: Path, config: dict, arrays: dict) -> ReduNet:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{path} is not a redunet_jax network (format mismatch)")
     version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{path} has a malformed format version {version!r}")
+    if version > FORMAT_VERSION:
         raise ValueError(
             f"{path} uses network format version {version}, newer than this "
             f"library supports ({FORMAT_VERSION}); upgrade redunet_jax "
@@ -153,40 +161,57 @@ def _from_parts(path: Path, config: dict, arrays: dict) -> ReduNet:
     missing = [name for name in fields if name not in arrays]
     if missing:
         raise ValueError(f"{path} lacks arrays {missing}")
+    hyper = _hyperparameters(path, config)
     for name in fields:
-        expected = config.get("arrays", {}).get(name)
-        if list(arrays[name].shape) != expected:
+        kind = arrays[name].dtype.kind
+        if kind not in ("f", "c") or (name == "gamma" and kind != "f"):
             raise ValueError(
-                f"{path}: array {name} has shape {arrays[name].shape}, config says "
-                f"{expected}"
+                f"{path}: array {name} has unsupported dtype {arrays[name].dtype}"
             )
-    _check_consistent(path, config, arrays)
+    _check_consistent(path, hyper, arrays, vector=layer_type is VectorLayer)
     layers = layer_type(**{name: jnp.asarray(arrays[name]) for name in fields})
     if not all(bool(jnp.all(jnp.isfinite(a))) for a in layers):
         raise ValueError(f"{path} holds non-finite operators")
-    return ReduNet(
-        layers=layers,
-        eta=float(config["eta"]),
-        lam=float(config["lam"]),
-        eps_sq=float(config["eps_sq"]),
-        num_classes=int(config["num_classes"]),
-        input_shape=tuple(int(s) for s in config["input_shape"]),
-    )
+    return ReduNet(layers=layers, **hyper)
 
 
-def _check_consistent(path: Path, config: dict, arrays: dict) -> None:
+def _hyperparameters(path: Path, config: dict) -> dict:
+    """The scalar settings of a network, checked for type and range."""
+    try:
+        values = {
+            "eta": float(config["eta"]),
+            "lam": float(config["lam"]),
+            "eps_sq": float(config["eps_sq"]),
+            "num_classes": int(config["num_classes"]),
+            "input_shape": tuple(int(s) for s in config["input_shape"]),
+        }
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{path} has an incomplete or malformed config ({err})"
+        ) from err
+    if not all(np.isfinite([values["eta"], values["lam"], values["eps_sq"]])):
+        raise ValueError(f"{path} holds non-finite hyperparameters")
+    if values["eps_sq"] <= 0 or values["eta"] <= 0 or values["lam"] < 0:
+        raise ValueError(f"{path} holds out-of-range hyperparameters: {values}")
+    if values["num_classes"] < 2 or not values["input_shape"]:
+        raise ValueError(f"{path} holds an invalid number of classes or input shape")
+    return values
+
+
+def _check_consistent(path: Path, hyper: dict, arrays: dict, *, vector: bool) -> None:
     """Arrays must agree with each other and with the input shape and classes."""
-    shape = tuple(int(s) for s in config["input_shape"])
-    k = int(config["num_classes"])
-    if config["layer_type"] == "vector":
+    shape, k = hyper["input_shape"], hyper["num_classes"]
+    if vector:
         expected = {"E": (shape[0], shape[0]), "C": (k, shape[0], shape[0])}
     else:
+        if len(shape) not in (2, 3) or min(shape[1:]) < 2:
+            raise ValueError(f"{path}: invalid signal shape {shape}")
         C, F = shape[0], num_bins(shape[1:])
         expected = {"E_hat": (F, C, C), "C_hat": (k, F, C, C)}
     expected["gamma"] = (k,)
-    layers = int(config["num_layers"])
+    layers = arrays["gamma"].shape[0] if arrays["gamma"].ndim else 0
     for name, tail in expected.items():
-        if arrays[name].shape != (layers, *tail):
+        if arrays[name].shape != (layers, *tail) or layers < 1:
             raise ValueError(
                 f"{path}: array {name} has shape {arrays[name].shape}, expected "
                 f"{(layers, *tail)} for input shape {shape} and {k} classes"

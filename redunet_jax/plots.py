@@ -36,27 +36,31 @@ def plot_rates(per_layer: dict, path: str | os.PathLike, *, title: str = "") -> 
       title: figure title.
     """
     plt = _figure_module()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    styles = {"train": "-", "test": "--"}
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), constrained_layout=True)
+    colors = {"train": "C0", "test": "C1"}
     for ax, key, label in zip(
         axes, ("delta_r", "r", "rc"), (r"$\Delta R$", r"$R$", r"$R_c$"), strict=True
     ):
         for split, rates in per_layer.items():
+            color = colors.get(split)
             values = np.asarray(rates["true"][key])
-            ax.plot(np.arange(len(values)), values, styles.get(split, "-"), label=split)
-            if key == "delta_r":
-                estimated = np.asarray(rates["estimated"][key])
-                ax.plot(
-                    np.arange(len(estimated)),
-                    estimated,
-                    styles.get(split, "-"),
-                    alpha=0.4,
-                    label=f"{split} (estimated labels)",
-                )
-        ax.set_xlabel("layer")
+            ax.plot(np.arange(len(values)), values, "-", color=color, label=split)
+            estimated = np.asarray(rates["estimated"][key])
+            ax.plot(
+                np.arange(len(estimated)),
+                estimated,
+                "--",
+                color=color,
+                alpha=0.6,
+                label=f"{split}, estimated labels",
+            )
+        ax.set_xlabel("layer (0: input)")
         ax.set_title(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+        ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     _save(fig, path)

@@ -79,8 +79,44 @@ def test_classifier_in_pipeline_and_cross_validation():
 def test_classifier_errors():
     X, y = blobs(5, 3, 2)
     with pytest.raises(ValueError, match="not fitted"):
-        ReduNetClassifier().predict(X)
+        ReduNetClassifier().predict(X)  # NotFittedError is a ValueError
     with pytest.raises(ValueError, match="readout"):
         ReduNetClassifier(readout="svm").fit(X, y)
     with pytest.raises(ValueError, match="at least 2 classes"):
         ReduNetClassifier().fit(X, np.zeros(len(X)))
+
+
+def test_nearest_subspace_rejects_subspaces_as_large_as_the_space():
+    X, y = blobs(10, 3, 2)
+    with pytest.raises(ValueError, match="n_comp must be < feature dimension 3"):
+        fit_nearest_subspace(X, y, num_classes=2, n_comp=3)
+    # the estimator caps its default n_comp at d - 1 instead of failing
+    clf = ReduNetClassifier(num_layers=2).fit(X, y)
+    assert clf.bases_.shape == (2, 3, 2) and clf.score(X, y) > 0.8
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (dict(y_train=np.zeros(3, int)), ValueError, "labels must have shape"),
+        (dict(y_train=None), ValueError, "labels must have shape"),
+        (dict(Z_test=np.ones((4, 7))), ValueError, "same features per sample"),
+        (dict(y_test=np.full(4, 9)), ValueError, r"labels must lie in \[0"),
+        (dict(y_test=np.full(4, 0.5)), TypeError, "labels must be integers"),
+        (dict(Z_train=np.full((20, 5), np.nan)), ValueError, "Z_train contains NaN"),
+    ],
+)
+def test_evaluate_rejects_inconsistent_input(change, error, message):
+    X, y = blobs(10, 5, 2)
+    args = dict(Z_train=X, y_train=y, Z_test=X[:4], y_test=y[:4])
+    args.update(change)
+    with pytest.raises(error, match=message):
+        evaluate(*args.values(), num_classes=2, n_comp=2)
+
+
+def test_classifier_rejects_complex_and_nan_targets():
+    X, y = blobs(5, 3, 2)
+    with pytest.raises(TypeError, match="real numeric"):
+        ReduNetClassifier(num_layers=1).fit(X * 1j, y)
+    with pytest.raises(ValueError):
+        ReduNetClassifier(num_layers=1).fit(X, np.where(y == 0, np.nan, 1.0))

@@ -241,3 +241,41 @@ def test_vector_network_on_images_and_shift_errors(tmp_path, capsys):
         == 2
     )
     assert "need signals" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["fit", "--dataset", "gaussian2d", "--n-comp", "2"],
+            "--n-comp must be smaller",
+        ),
+        (["fit", "--dataset", "digits", "--radii", "4"], "digits-rotation only"),
+        (["fit", "--dataset", "digits", "--lift-channels", "4"], "invariant networks"),
+        (["fit", "--out", ""], "empty string"),
+    ],
+)
+def test_inconsistent_options_are_one_line_errors(argv, message, capsys, tmp_path):
+    assert main([*argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_tolerates_older_configs_and_reports_bad_networks(
+    run_dir, tmp_path, capsys
+):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    for key in ("invariant", "lift_channels", "kernel_size"):
+        metrics["config"].pop(key, None)
+    metrics["accuracy"] = "not a table"
+    (copy / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["evaluate", str(copy)]) == 0
+    (copy / "network.npz").write_bytes(b"PK\x03\x04 broken")
+    capsys.readouterr()
+    assert main(["evaluate", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "network" in err and len(err.strip().splitlines()) == 1

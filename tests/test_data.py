@@ -98,3 +98,51 @@ def test_load_dataset_errors():
         load_dataset("cifar")
     with pytest.raises(ValueError, match="test_size"):
         load_dataset("digits", test_size=1.5)
+
+
+def write_pair(folder, images, labels, prefix="train", code=0x08):
+    write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, code=code)
+
+
+def test_idx_folder_rejects_suspicious_content(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (20, 3, 3))
+
+    absurd = tmp_path / "absurd"
+    absurd.mkdir()
+    write_pair(absurd, images, np.where(np.arange(20) % 2, 200, 0))
+    with pytest.raises(ValueError, match="labels go up to 200"):
+        load_dataset(f"idx:{absurd}")
+
+    floats = tmp_path / "floats"
+    floats.mkdir()
+    write_pair(floats, images, np.arange(20) % 2 + 0.5, code=0x0D)
+    with pytest.raises(ValueError, match="integer labels"):
+        load_dataset(f"idx:{floats}")
+
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    write_pair(lonely, images, np.arange(20) % 2)
+    write_idx(lonely / "t10k-images-idx3-ubyte", images[:4])
+    with pytest.raises(FileNotFoundError, match="no matching t10k file"):
+        load_dataset(f"idx:{lonely}")
+
+    sizes = tmp_path / "sizes"
+    sizes.mkdir()
+    write_pair(sizes, images, np.arange(20) % 2)
+    write_pair(sizes, rng.integers(0, 255, (4, 2, 2)), np.arange(4) % 2, prefix="t10k")
+    with pytest.raises(ValueError, match="test images have 4 pixels"):
+        load_dataset(f"idx:{sizes}")
+
+
+def test_idx_broken_gzip_is_a_value_error(tmp_path):
+    path = tmp_path / "x.gz"
+    write_idx(path, np.zeros((50, 4, 4), np.uint8))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="unreadable IDX file"):
+        read_idx(path)
+    fake = tmp_path / "fake.gz"
+    fake.write_bytes(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + b"abc")
+    with pytest.raises(ValueError, match="fake.gz"):
+        read_idx(fake)

@@ -108,3 +108,27 @@ def test_save_errors(tmp_path, net_and_data):
         save(tmp_path / "missing" / "net.npz", net_and_data[0])
     with pytest.raises(TypeError, match="ReduNet"):
         save(tmp_path / "net.npz", {"E": 1})
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path, net_and_data):
+    umask = os.umask(0o022)
+    try:
+        save(tmp_path / "net.npz", net_and_data[0])
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "net.npz").stat().st_mode & 0o777 == 0o644
+
+
+def test_config_with_bad_hyperparameters_is_rejected(tmp_path, net_and_data):
+    src = tmp_path / "net.npz"
+    save(src, net_and_data[0])
+    for change, message in [
+        (lambda c, a: c.update(eta=float("nan")), "non-finite"),
+        (lambda c, a: c.update(eps_sq=-1.0), "out-of-range"),
+        (lambda c, a: c.pop("eta"), "incomplete or malformed"),
+        (lambda c, a: c.update(format_version="1"), "malformed format version"),
+    ]:
+        bad = tmp_path / "bad.npz"
+        _rewrite_config(src, bad, change)
+        with pytest.raises(ValueError, match=message):
+            load(bad)

@@ -166,6 +166,10 @@ BAD = [
     (dict(num_classes=1), ValueError, "num_classes must be >= 2"),
     (dict(lam=-1.0), ValueError, "lam must be >= 0"),
     (dict(eta=float("nan")), ValueError, "eta must be finite"),
+    (dict(eta=0.0), ValueError, "eta must be > 0"),
+    (dict(lam=1e39), ValueError, "lam is too large for float32"),
+    (dict(X=np.full((5, 2), 1e300)), ValueError, "too large for float32"),
+    (dict(callback=3), TypeError, "callback must be callable"),
 ]
 
 
@@ -192,3 +196,15 @@ def test_transform_rejects_wrong_shape():
         transform(net, np.ones((4, 5)))
     with pytest.raises(ValueError, match="NaN"):
         predict(net, np.full((4, 3), np.nan))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_inputs_are_computed_in_float32(dtype):
+    X, y = blobs(10, 4, 2, seed=8)
+    net, Z = construct(jnp.asarray(X, dtype), y, num_classes=2, num_layers=2)
+    assert Z.dtype == jnp.float32
+    _, reference = construct(
+        jnp.asarray(X, dtype).astype(jnp.float32), y, num_classes=2, num_layers=2
+    )
+    np.testing.assert_allclose(Z, reference, atol=1e-6)
+    assert predict(net, jnp.asarray(X, dtype)).shape == (20,)
