@@ -19,6 +19,9 @@ import numpy as np
 
 from redunet_jax._classify import usable_n_comp
 
+# Data sets whose test set is drawn or shipped separately.
+FIXED_SPLITS = ("gaussian2d", "gaussian3d", "mnist1d")
+
 
 class CLIError(Exception):
     """A user error reported as one line, with exit status 2."""
@@ -84,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         type=_dataset_name,
         default="digits",
-        help="digits (default), gaussian2d, gaussian3d or idx:PATH",
+        help="digits (default), gaussian2d, gaussian3d, sinusoids, "
+        "digits-translation, digits-rotation, mnist1d or idx:PATH (a folder of "
+        "MNIST-format IDX files)",
     )
     fit.add_argument(
         "--invariant",
@@ -106,10 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="polar angles of digits-rotation (default 32)",
     )
-    fit.add_argument("--layers", type=_positive_int, help="number of layers")
-    fit.add_argument("--eta", type=_positive_float, help="step size")
-    fit.add_argument("--eps-sq", type=_positive_float, help="distortion eps^2")
-    fit.add_argument("--lam", type=_positive_float, help="inverse temperature")
+    fit.add_argument(
+        "--layers", type=_positive_int, help="number of layers (default per data set)"
+    )
+    fit.add_argument("--eta", type=_positive_float, help="step size (default 0.5)")
+    fit.add_argument(
+        "--eps-sq", type=_positive_float, help="distortion eps^2 (default per data set)"
+    )
+    fit.add_argument(
+        "--lam", type=_positive_float, help="inverse temperature (default 500)"
+    )
     fit.add_argument("--seed", type=int, default=0, help="split and data seed")
     fit.add_argument(
         "--test-size",
@@ -310,6 +321,10 @@ def _run_fit(args) -> int:
     raw, X_train, X_test = _load(config)
     timings["load"] = time.perf_counter() - start
     n_comp = args.n_comp or raw.n_comp
+    if args.dataset in FIXED_SPLITS and args.test_size != 0.3 and not args.quiet:
+        sys.stderr.write(
+            f"note: {args.dataset} has a fixed split; --test-size is ignored\n"
+        )
     dimension = int(np.prod(X_train.shape[1:]))
     if args.n_comp is not None and args.n_comp >= dimension:
         raise CLIError(

@@ -113,6 +113,8 @@ def load(path: str | os.PathLike) -> ReduNet:
       ValueError: if the file is truncated, not a redunet_jax network, from a
         newer format version, or its arrays disagree with its config.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no network file at {path}")
