@@ -55,6 +55,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return _positive_float(text)
+
+
 def _fraction(text: str) -> float:
     value = _positive_float(text)
     if value >= 1:
@@ -144,11 +150,41 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="reload a run and score it again")
     evaluate.add_argument("run", type=Path, help="folder written by 'redunet fit'")
     evaluate.add_argument(
+        "--network",
+        default="network.npz",
+        help="network file in the run folder (network_finetuned.npz after "
+        "'redunet finetune')",
+    )
+    evaluate.add_argument(
         "--shifts",
         action="store_true",
         help="also score circularly shifted test sets "
         "(shifts -8, -4, 0, 4, 8 per signal axis)",
     )
+
+    tune = sub.add_parser(
+        "finetune", help="improve a run's network by back-propagating delta R"
+    )
+    tune.add_argument("run", type=Path, help="folder written by 'redunet fit'")
+    tune.add_argument("--epochs", type=_positive_int, default=5, help="default 5")
+    tune.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        help="mini-batch size (default 256)",
+    )
+    tune.add_argument(
+        "--lr", type=_positive_float, default=1e-3, help="learning rate (default 1e-3)"
+    )
+    tune.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    tune.add_argument(
+        "--ce-weight",
+        type=_non_negative_float,
+        default=0.0,
+        help="weight of a cross-entropy term on pihat (default 0)",
+    )
+    tune.add_argument("--seed", type=int, default=0, help="mini-batch seed")
+    tune.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -493,14 +529,14 @@ def _stored_accuracy(stored: dict, name: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _run_evaluate(args) -> int:
+def _load_run(run: Path, network: str = "network.npz"):
+    """The stored metrics, the configuration and the network of a run folder."""
     from redunet_jax import load
     from redunet_jax._experiment import defaults_for
-    from redunet_jax.io import atomic_write_bytes
 
-    metrics_path = args.run / "metrics.json"
+    metrics_path = run / "metrics.json"
     if not metrics_path.is_file():
-        raise CLIError(f"{args.run} is not a run folder: {metrics_path} is missing")
+        raise CLIError(f"{run} is not a run folder: {metrics_path} is missing")
     try:
         stored = json.loads(metrics_path.read_text())
         config = stored["config"]
@@ -510,7 +546,13 @@ def _run_evaluate(args) -> int:
         config = {**defaults_for(str(config["dataset"])), **config}
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise CLIError(f"{metrics_path} is not a valid metrics file ({err})") from None
-    net = load(args.run / "network.npz")
+    return stored, config, load(run / network)
+
+
+def _run_evaluate(args) -> int:
+    from redunet_jax.io import atomic_write_bytes
+
+    stored, config, net = _load_run(args.run, args.network)
     raw, X_train, X_test = _load(config)
     n_comp = config.get("n_comp", raw.n_comp)
     accuracy, _, Z_train, _ = _score(
@@ -563,6 +605,100 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _run_finetune(args) -> int:
+    from tqdm.auto import tqdm
+
+    from redunet_jax import save
+    from redunet_jax.io import atomic_write_bytes
+    from redunet_jax.nnx import finetune
+    from redunet_jax.plots import plot_loss
+
+    stored, config, net = _load_run(args.run)
+    raw, X_train, X_test = _load(config)
+    n_comp = config.get("n_comp", raw.n_comp)
+    score = {
+        "num_classes": raw.num_classes,
+        "n_comp": n_comp,
+    }
+    before, rates_before, _, _ = _score(
+        net, X_train, raw.y_train, X_test, raw.y_test, **score
+    )
+    steps = args.epochs * -(-len(raw.y_train) // min(args.batch_size, len(raw.y_train)))
+    bar = tqdm(
+        total=steps, desc="steps", unit="step", disable=args.quiet, file=sys.stderr
+    )
+
+    def progress(step, loss, delta_r):
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.4f}", delta_r=f"{float(delta_r):.4f}")
+
+    start = time.perf_counter()
+    tuned, history = finetune(
+        net,
+        X_train,
+        raw.y_train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        optimizer=args.optimizer,
+        ce_weight=args.ce_weight,
+        seed=args.seed,
+        callback=progress,
+    )
+    seconds = time.perf_counter() - start
+    bar.close()
+    after, rates_after, _, _ = _score(
+        tuned, X_train, raw.y_train, X_test, raw.y_test, **score
+    )
+
+    settings = {
+        key: getattr(args, key)
+        for key in ("epochs", "batch_size", "lr", "optimizer", "ce_weight", "seed")
+    }
+    report = {
+        "config": config,
+        "finetune": settings,
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "delta_r_before": {
+            s: rates_before[s]["true"]["delta_r"][-1] for s in rates_before
+        },
+        "delta_r_after": {
+            s: rates_after[s]["true"]["delta_r"][-1] for s in rates_after
+        },
+        "history": {k: [float(v) for v in values] for k, values in history.items()},
+        "timings_s": {"finetune": seconds},
+        "versions": _versions(),
+    }
+    save(args.run / "network_finetuned.npz", tuned)
+    plot_loss(report["history"], args.run / "finetune_loss.png")
+    atomic_write_bytes(
+        args.run / "finetune_metrics.json", json.dumps(report, indent=2).encode()
+    )
+    rows: list[tuple[str, ...]] = [("", "before", "after")]
+    for split in ("train", "test"):
+        rows.append(
+            (
+                f"{split} delta R",
+                f"{report['delta_r_before'][split]:.4f}",
+                f"{report['delta_r_after'][split]:.4f}",
+            )
+        )
+    for name in after["test"]:
+        rows.append(
+            (
+                f"test {name}",
+                f"{before['test'][name]:.4f}",
+                f"{after['test'][name]:.4f}",
+            )
+        )
+    sys.stdout.write(
+        _table(rows) + f"\nfine-tuning {seconds:.2f} s; wrote {args.run}/ "
+        "(network_finetuned.npz, finetune_metrics.json, finetune_loss.png)\n"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``redunet`` command; returns the exit status."""
     parser = build_parser()
@@ -570,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "fit":
             return _run_fit(args)
+        if args.command == "finetune":
+            return _run_finetune(args)
         return _run_evaluate(args)
     except (CLIError, ValueError, TypeError, OSError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -108,3 +108,24 @@ def plot_cosine(
         fig.colorbar(image, ax=list(axes), shrink=0.8)
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_loss(history: dict, path: str | os.PathLike) -> None:
+    """Plot the fine-tuning loss and the mini-batch delta R per step.
+
+    Args:
+      history: ``{"loss": [...], "delta_r": [...]}`` as returned by ``finetune``.
+      path: PNG file to write.
+    """
+    plt = _figure_module()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for ax, key, title in zip(
+        axes, ("loss", "delta_r"), ("loss", r"mini-batch $\Delta R$"), strict=True
+    ):
+        values = np.asarray(history.get(key, []))
+        ax.plot(np.arange(1, len(values) + 1), values)
+        ax.set_xlabel("step")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
