@@ -43,6 +43,10 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         ``argmax pihat``).
       n_comp: subspace dimension of the nearest-subspace read-out, capped at
         d - 1 for d features per sample.
+      finetune_epochs: epochs of back-propagation fine-tuning of delta R after
+        the forward construction (0: none; needs flax and optax).
+      finetune_learning_rate: Adam learning rate of the fine-tuning.
+      finetune_batch_size: mini-batch size of the fine-tuning.
 
     Example:
       >>> from sklearn.datasets import load_digits
@@ -63,6 +67,9 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         invariant: bool = False,
         readout: str = "nearest_subspace",
         n_comp: int = 10,
+        finetune_epochs: int = 0,
+        finetune_learning_rate: float = 1e-3,
+        finetune_batch_size: int = 256,
     ):
         self.num_layers = num_layers
         self.eta = eta
@@ -71,6 +78,9 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
         self.invariant = invariant
         self.readout = readout
         self.n_comp = n_comp
+        self.finetune_epochs = finetune_epochs
+        self.finetune_learning_rate = finetune_learning_rate
+        self.finetune_batch_size = finetune_batch_size
 
     def fit(self, X, y):
         """Construct the network on ``X`` (m, d) (or signals) with labels ``y`` (m,)."""
@@ -98,6 +108,18 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
             lam=self.lam,
             invariant=self.invariant,
         )
+        if self.finetune_epochs:
+            from redunet_jax.nnx import finetune
+
+            self.net_, self.finetune_history_ = finetune(
+                self.net_,
+                X,
+                encoded,
+                epochs=self.finetune_epochs,
+                batch_size=self.finetune_batch_size,
+                learning_rate=self.finetune_learning_rate,
+            )
+            Z = transform(self.net_, X)
         self.n_features_in_ = int(np.prod(X.shape[1:]))
         if self.readout == "nearest_subspace":
             n_comp = usable_n_comp(self.n_comp, Z)

@@ -120,3 +120,14 @@ def test_classifier_rejects_complex_and_nan_targets():
         ReduNetClassifier(num_layers=1).fit(X * 1j, y)
     with pytest.raises(ValueError):
         ReduNetClassifier(num_layers=1).fit(X, np.where(y == 0, np.nan, 1.0))
+
+
+def test_classifier_with_finetuning():
+    X, y = blobs(20, 6, 3, seed=4)
+    plain = ReduNetClassifier(num_layers=3, n_comp=2).fit(X, y)
+    tuned = ReduNetClassifier(
+        num_layers=3, n_comp=2, finetune_epochs=2, finetune_batch_size=30
+    ).fit(X, y)
+    assert len(tuned.finetune_history_["loss"]) == 4
+    assert not np.allclose(tuned.transform(X), plain.transform(X))
+    assert tuned.score(X, y) > 0.9

@@ -279,3 +279,37 @@ def test_evaluate_tolerates_older_configs_and_reports_bad_networks(
     assert main(["evaluate", str(copy)]) == 2
     err = capsys.readouterr().err
     assert "network" in err and len(err.strip().splitlines()) == 1
+
+
+def test_finetune_writes_a_loadable_network(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "tune"
+    shutil.copytree(run_dir, copy)
+    assert (
+        main(
+            [
+                "finetune",
+                str(copy),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "200",
+                "--lr",
+                "1e-3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "test delta R" in out and "fine-tuning" in out
+    report = json.loads((copy / "finetune_metrics.json").read_text())
+    assert len(report["history"]["loss"]) == 5  # 1000 samples in batches of 200
+    assert set(report["accuracy_after"]["test"]) >= {"nearest_subspace", "pihat"}
+    assert load(copy / "network_finetuned.npz").num_layers == 6
+    assert (copy / "finetune_loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["evaluate", str(copy), "--network", "network_finetuned.npz"]) == 0
+    with pytest.raises(SystemExit):
+        main(["finetune", str(copy), "--optimizer", "rmsprop"])
+    assert "invalid choice" in capsys.readouterr().err
