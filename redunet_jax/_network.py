@@ -282,18 +282,35 @@ def _check_input(net: ReduNet, X) -> jax.Array:
     return X
 
 
-@jax.jit
-def _forward(net: ReduNet, X):
-    domain = _domain(net.signal_shape)
+def encoded_forward(layers, X, *, signal_shape, eta, lam, num_classes: int):
+    """Scan stacked layers over normalized inputs; features stay encoded.
+
+    Returns the output features in the layers' domain (rfft coefficients for
+    shift-invariant layers) and the last layer's (m, k) ``pihat``.
+    """
+    domain = _domain(signal_shape)
 
     def body(carry, layer):
-        Z_next, pihat = domain.move(layer, carry[0], net.eta, net.lam)
+        Z_next, pihat = domain.move(layer, carry[0], eta, lam)
         return (Z_next, pihat), None
 
     Z = domain.encode(normalize(X))
-    pihat = jnp.zeros((X.shape[0], net.num_classes), X.dtype)
-    (Z, pihat), _ = jax.lax.scan(body, (Z, pihat), net.layers)
-    return domain.decode(Z), pihat
+    pihat = jnp.zeros((X.shape[0], num_classes), X.dtype)
+    (Z, pihat), _ = jax.lax.scan(body, (Z, pihat), layers)
+    return Z, pihat
+
+
+@jax.jit
+def _forward(net: ReduNet, X):
+    Z, pihat = encoded_forward(
+        net.layers,
+        X,
+        signal_shape=net.signal_shape,
+        eta=net.eta,
+        lam=net.lam,
+        num_classes=net.num_classes,
+    )
+    return _domain(net.signal_shape).decode(Z), pihat
 
 
 def transform(net: ReduNet, X) -> jax.Array:

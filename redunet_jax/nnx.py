@@ -30,7 +30,12 @@ from flax import nnx
 from redunet_jax._checks import check_int, check_labels, check_real
 from redunet_jax._circulant import CirculantLayer
 from redunet_jax._linalg import single_threaded_lapack
-from redunet_jax._network import ReduNet, _check_input, _domain, normalize
+from redunet_jax._network import (
+    ReduNet,
+    _check_input,
+    _domain,
+    encoded_forward,
+)
 from redunet_jax._vector import VectorLayer
 
 __all__ = [
@@ -173,16 +178,14 @@ class ReduNetModule(nnx.Module):
           ``(Z, pihat)``: (m, d) features, or (m, C, F) rfft coefficients for
           shift-invariant networks, and the last layer's (m, k) ``pihat``.
         """
-        domain = _domain(self.signal_shape)
-
-        def body(carry, layer):
-            Z_next, pihat = domain.move(layer, carry[0], self.eta, self.lam)
-            return (Z_next, pihat), None
-
-        Z = domain.encode(normalize(X))
-        pihat = jnp.zeros((X.shape[0], self.num_classes), X.dtype)
-        (Z, pihat), _ = jax.lax.scan(body, (Z, pihat), self._layers())
-        return Z, pihat
+        return encoded_forward(
+            self._layers(),
+            X,
+            signal_shape=self.signal_shape,
+            eta=self.eta,
+            lam=self.lam,
+            num_classes=self.num_classes,
+        )
 
     def __call__(self, X: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Map inputs through every layer, as ``transform`` and ``predict_proba``.
