@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(shifts -8, -4, 0, 4, 8 per signal axis)",
     )
 
+    plot = sub.add_parser("plot", help="redraw a run's figures from its files")
+    plot.add_argument("run", type=Path, help="folder written by 'redunet fit'")
+
     tune = sub.add_parser(
         "finetune", help="improve a run's network by back-propagating delta R"
     )
@@ -339,12 +342,43 @@ def _fit_config(args) -> dict:
     return config
 
 
+def _figures(out: Path, rates: dict, X_test, Z_test, y_test, *, title: str) -> None:
+    """Write rates.png (rates per layer) and cosine.png (test heat maps)."""
+    from redunet_jax import normalize
+    from redunet_jax.plots import plot_cosine, plot_rates
+
+    plot_rates(rates, out / "rates.png", title=title)
+    plot_cosine(
+        {"test inputs": normalize(X_test), "test outputs": np.asarray(Z_test)},
+        y_test,
+        out / "cosine.png",
+    )
+
+
+def _run_plot(args) -> int:
+    from redunet_jax import transform
+
+    stored, config, net = _load_run(args.run)
+    if not isinstance(stored.get("rates"), dict):
+        raise CLIError(f"{args.run}/metrics.json holds no per-layer rates")
+    raw, _, X_test = _load(config)
+    _figures(
+        args.run,
+        stored["rates"],
+        X_test,
+        transform(net, X_test),
+        raw.y_test,
+        title=f"ReduNet on {config['dataset']}",
+    )
+    sys.stdout.write(f"wrote {args.run}/ (rates.png, cosine.png)\n")
+    return 0
+
+
 def _run_fit(args) -> int:
     from tqdm.auto import tqdm
 
     from redunet_jax import construct, evaluate, normalize, save
     from redunet_jax.io import atomic_write_bytes
-    from redunet_jax.plots import plot_cosine, plot_rates
 
     config = _fit_config(args)
     name = args.dataset.replace(":", "_").replace("/", "_")
@@ -436,12 +470,7 @@ def _run_fit(args) -> int:
     }
     # metrics.json is written last: its presence marks a complete run.
     save(out / "network.npz", net)
-    plot_rates(rates, out / "rates.png", title=f"ReduNet on {args.dataset}")
-    plot_cosine(
-        {"test inputs": normalize(X_test), "test outputs": np.asarray(Z_test)},
-        raw.y_test,
-        out / "cosine.png",
-    )
+    _figures(out, rates, X_test, Z_test, raw.y_test, title=f"ReduNet on {args.dataset}")
     atomic_write_bytes(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     sys.stdout.write(
         _summary(metrics) + f"\nwrote {out}/ (network.npz, metrics.json, "
@@ -708,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_fit(args)
         if args.command == "finetune":
             return _run_finetune(args)
+        if args.command == "plot":
+            return _run_plot(args)
         return _run_evaluate(args)
     except (CLIError, ValueError, TypeError, OSError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -313,3 +313,17 @@ def test_finetune_writes_a_loadable_network(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["finetune", str(copy), "--optimizer", "rmsprop"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_plot_redraws_the_figures(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "plot"
+    shutil.copytree(run_dir, copy)
+    for png in ("rates.png", "cosine.png"):
+        (copy / png).unlink()
+    assert main(["plot", str(copy)]) == 0
+    for png in ("rates.png", "cosine.png"):
+        assert (copy / png).read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", str(tmp_path / "nowhere")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
