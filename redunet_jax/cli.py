@@ -241,7 +241,8 @@ def _load(config: dict):
     return raw, X_train, X_test
 
 
-def _score(net, X_train, y_train, X_test, y_test, *, num_classes: int, n_comp: int):
+def _score(net, raw, X_train, X_test, n_comp: int):
+    """Accuracies, per-layer rates and output features of a run's data set."""
     from redunet_jax import (
         evaluate,
         predict,
@@ -249,6 +250,8 @@ def _score(net, X_train, y_train, X_test, y_test, *, num_classes: int, n_comp: i
         shift_invariant_features,
         transform,
     )
+
+    y_train, y_test, num_classes = raw.y_train, raw.y_test, raw.num_classes
 
     Z_train = transform(net, X_train)
     Z_test = transform(net, X_test)
@@ -438,15 +441,7 @@ def _run_fit(args) -> int:
         sys.stderr.write("evaluating: per-layer rates and classifiers...\n")
 
     start = time.perf_counter()
-    accuracy, rates, Z_train, Z_test = _score(
-        net,
-        X_train,
-        raw.y_train,
-        X_test,
-        raw.y_test,
-        num_classes=raw.num_classes,
-        n_comp=n_comp,
-    )
+    accuracy, rates, Z_train, Z_test = _score(net, raw, X_train, X_test, n_comp)
     flat_train = normalize(np.asarray(raw.X_train).reshape(len(raw.y_train), -1))
     flat_test = normalize(np.asarray(raw.X_test).reshape(len(raw.y_test), -1))
     baseline = evaluate(
@@ -584,15 +579,7 @@ def _run_evaluate(args) -> int:
     stored, config, net = _load_run(args.run, args.network)
     raw, X_train, X_test = _load(config)
     n_comp = config.get("n_comp", raw.n_comp)
-    accuracy, _, Z_train, _ = _score(
-        net,
-        X_train,
-        raw.y_train,
-        X_test,
-        raw.y_test,
-        num_classes=raw.num_classes,
-        n_comp=n_comp,
-    )
+    accuracy, _, Z_train, _ = _score(net, raw, X_train, X_test, n_comp)
     rows: list[tuple[str, ...]] = [("accuracy", "train", "test", "stored test")]
     for name in accuracy["test"]:
         before = _stored_accuracy(stored, name)
@@ -645,14 +632,9 @@ def _run_finetune(args) -> int:
     stored, config, net = _load_run(args.run)
     raw, X_train, X_test = _load(config)
     n_comp = config.get("n_comp", raw.n_comp)
-    score = {
-        "num_classes": raw.num_classes,
-        "n_comp": n_comp,
-    }
-    before, rates_before, _, _ = _score(
-        net, X_train, raw.y_train, X_test, raw.y_test, **score
-    )
-    steps = args.epochs * -(-len(raw.y_train) // min(args.batch_size, len(raw.y_train)))
+    before, rates_before, _, _ = _score(net, raw, X_train, X_test, n_comp)
+    # finetune drops the last partial batch of every epoch
+    steps = args.epochs * (len(raw.y_train) // min(args.batch_size, len(raw.y_train)))
     bar = tqdm(
         total=steps, desc="steps", unit="step", disable=args.quiet, file=sys.stderr
     )
@@ -676,9 +658,7 @@ def _run_finetune(args) -> int:
     )
     seconds = time.perf_counter() - start
     bar.close()
-    after, rates_after, _, _ = _score(
-        tuned, X_train, raw.y_train, X_test, raw.y_test, **score
-    )
+    after, rates_after, _, _ = _score(tuned, raw, X_train, X_test, n_comp)
 
     settings = {
         key: getattr(args, key)
