@@ -4,7 +4,7 @@ One layer step (build the operators from the features, then move the features)
 is timed three ways on the same synthetic signals:
 
 - spectral: the library's jitted step on the F = T // 2 + 1 stored ``rfft`` bins,
-  one batched Cholesky call for E and every C_j (MATH.md section 4);
+  one batched Cholesky call for E and every C_j (the Fourier-domain layer);
 - dense: a jitted JAX layer with the explicit (CT)×(CT) block-circulant
   operators, built from the covariance of every circular shift of every sample
   and applied in the signal domain, O(k (CT)³);
@@ -137,8 +137,8 @@ def dense_layer_step(Z, Pi, eps_sq, eta, lam):
 
     ``E = alpha inv(I + alpha/T Sigma)`` and ``C_j = alpha_j inv(I + alpha_j/T
     Sigma_j)`` with the shift covariances of :func:`shift_covariances`, then the
-    update of MATH.md section 4 with norms over the whole (C, T) signal. E and
-    the C_j are inverted in one batched call (a single factorization per
+    update of a shift-invariant layer with norms over the whole (C, T) signal.
+    E and the C_j are inverted in one batched call (a single factorization per
     compiled program). Cost O(k m C² T² + k (CT)³ + k m (CT)²).
 
     Returns:

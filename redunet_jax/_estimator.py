@@ -108,6 +108,12 @@ class ReduNetClassifier(ClassifierMixin, TransformerMixin, BaseEstimator):
             lam=self.lam,
             invariant=self.invariant,
         )
+        if isinstance(self.finetune_epochs, bool) or not (
+            isinstance(self.finetune_epochs, int) and self.finetune_epochs >= 0
+        ):
+            raise ValueError(
+                f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs!r}"
+            )
         if self.finetune_epochs:
             from redunet_jax.nnx import finetune
 

@@ -129,9 +129,15 @@ class ReduNet:
 
 
 def normalize(Z: ArrayLike) -> jax.Array:
-    """Scale every sample (row) of ``Z`` to unit Euclidean norm (zeros stay zero)."""
+    """Scale every sample (row) of ``Z`` to unit Euclidean norm (zeros stay zero).
+
+    Each sample is first divided by its largest magnitude, so that the sum of
+    squares neither overflows nor underflows for samples of any scale.
+    """
     Z = jnp.asarray(Z)
     axes = tuple(range(1, Z.ndim))
+    peak = jnp.max(jnp.abs(Z), axis=axes, keepdims=True)
+    Z = Z / jnp.where(peak > 0, peak, 1.0)
     return Z / jnp.expand_dims(safe_norm(Z, axis=axes, floor=NORM_FLOOR), axes)
 
 

@@ -56,9 +56,20 @@ def _positive_float(text: str) -> float:
 
 
 def _non_negative_float(text: str) -> float:
-    if text.strip() in ("0", "0.0"):
-        return 0.0
-    return _positive_float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _int_at_least(text, 0)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be < 2**32, got {value}")
+    return value
 
 
 def _fraction(text: str) -> float:
@@ -127,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--lam", type=_positive_float, help="inverse temperature (default 500)"
     )
-    fit.add_argument("--seed", type=int, default=0, help="split and data seed")
+    fit.add_argument("--seed", type=_seed, default=0, help="split and data seed")
     fit.add_argument(
         "--test-size",
         type=_fraction,
@@ -186,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="weight of a cross-entropy term on pihat (default 0)",
     )
-    tune.add_argument("--seed", type=int, default=0, help="mini-batch seed")
+    tune.add_argument("--seed", type=_seed, default=0, help="mini-batch seed")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
@@ -421,22 +432,22 @@ def _run_fit(args) -> int:
         bar.set_postfix(delta_r=f"{float(rates.delta_r):.4f}")
 
     start = time.perf_counter()
-    net, Z = construct(
-        X_train,
-        raw.y_train,
-        num_classes=raw.num_classes,
-        num_layers=config["layers"],
-        eta=config["eta"],
-        eps_sq=config["eps_sq"],
-        lam=config["lam"],
-        invariant=config["invariant"],
-        use_labels=args.use_labels,
-        callback=progress,
-    )
-    Z.block_until_ready()
+    with bar:  # closed before any error message is printed
+        net, Z = construct(
+            X_train,
+            raw.y_train,
+            num_classes=raw.num_classes,
+            num_layers=config["layers"],
+            eta=config["eta"],
+            eps_sq=config["eps_sq"],
+            lam=config["lam"],
+            invariant=config["invariant"],
+            use_labels=args.use_labels,
+            callback=progress,
+        )
+        Z.block_until_ready()
     timings["construct"] = time.perf_counter() - start
     timings["construct_per_layer"] = timings["construct"] / config["layers"]
-    bar.close()
     if not args.quiet:
         sys.stderr.write("evaluating: per-layer rates and classifiers...\n")
 
@@ -580,7 +591,9 @@ def _run_evaluate(args) -> int:
     raw, X_train, X_test = _load(config)
     n_comp = config.get("n_comp", raw.n_comp)
     accuracy, _, Z_train, _ = _score(net, raw, X_train, X_test, n_comp)
-    rows: list[tuple[str, ...]] = [("accuracy", "train", "test", "stored test")]
+    rows: list[tuple[str, ...]] = [
+        ("accuracy", "train", "test", "test in metrics.json (network.npz)")
+    ]
     for name in accuracy["test"]:
         before = _stored_accuracy(stored, name)
         rows.append(
@@ -644,20 +657,20 @@ def _run_finetune(args) -> int:
         bar.set_postfix(loss=f"{float(loss):.4f}", delta_r=f"{float(delta_r):.4f}")
 
     start = time.perf_counter()
-    tuned, history = finetune(
-        net,
-        X_train,
-        raw.y_train,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        optimizer=args.optimizer,
-        ce_weight=args.ce_weight,
-        seed=args.seed,
-        callback=progress,
-    )
+    with bar:  # closed before any error message is printed
+        tuned, history = finetune(
+            net,
+            X_train,
+            raw.y_train,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            optimizer=args.optimizer,
+            ce_weight=args.ce_weight,
+            seed=args.seed,
+            callback=progress,
+        )
     seconds = time.perf_counter() - start
-    bar.close()
     after, rates_after, _, _ = _score(tuned, raw, X_train, X_test, n_comp)
 
     settings = {

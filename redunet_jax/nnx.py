@@ -12,8 +12,11 @@ This is the only module of the package that imports Flax; the result of
 library (``transform``, ``predict``, ``save``) uses without it.
 
 References:
-  MATH.md section 7 (fine-tuning by back-propagation); ReduNet (JMLR 2022),
-  section 5 on back-propagating through a constructed network.
+  Chan et al., "ReduNet: A White-box Deep Network from the Principle of
+  Maximizing Rate Reduction", JMLR 23 (2022), section 5 (back-propagating
+  through a constructed network). JAX returns dL/dx - i dL/dy for a real loss
+  of a complex parameter x + iy; optax descends along dL/dx + i dL/dy, so
+  complex gradient leaves are conjugated before each update.
 """
 
 from __future__ import annotations
@@ -244,7 +247,7 @@ def rate_reduction_loss(
       ``(loss, delta_r)`` as scalar arrays.
 
     References:
-      MATH.md section 7.
+      ReduNet (JMLR 2022), section 5.
     """
     Z, pihat = model.encoded_forward(X)
     rates = _domain(model.signal_shape).rates(Z, Pi, model.eps_sq)
@@ -285,7 +288,7 @@ def train_step(
       ``(loss, delta_r)`` of the batch before the update.
 
     References:
-      MATH.md section 7.
+      ReduNet (JMLR 2022), section 5.
     """
     grad_fn = nnx.value_and_grad(rate_reduction_loss, has_aux=True)
     (loss, delta_r), grads = grad_fn(model, X, Pi, ce_weight)
@@ -359,7 +362,7 @@ def finetune(
         non-finite loss during training.
 
     References:
-      MATH.md section 7; ReduNet (JMLR 2022), section 5.
+      ReduNet (JMLR 2022), section 5.
 
     Example:
       >>> import jax

@@ -1,4 +1,4 @@
-"""A float64 NumPy port of the vector formulas of MATH.md, written for clarity.
+"""A float64 NumPy port of the vector ReduNet formulas, written for clarity.
 
 Loops and explicit inverses on purpose: this is the slow, obvious reference the
 compiled JAX paths are compared against.

@@ -208,3 +208,15 @@ def test_half_precision_inputs_are_computed_in_float32(dtype):
     )
     np.testing.assert_allclose(Z, reference, atol=1e-6)
     assert predict(net, jnp.asarray(X, dtype)).shape == (20,)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e19])
+def test_normalize_and_construct_do_not_depend_on_input_scale(scale):
+    X, y = blobs(10, 4, 2, seed=9)
+    X = X.astype(np.float32)
+    np.testing.assert_allclose(
+        np.linalg.norm(normalize(X * np.float32(scale)), axis=1), 1.0, rtol=1e-5
+    )
+    _, Z = construct(X, y, num_classes=2, num_layers=2)
+    _, Z_scaled = construct(X * np.float32(scale), y, num_classes=2, num_layers=2)
+    np.testing.assert_allclose(Z_scaled, Z, atol=1e-5)
