@@ -1,8 +1,9 @@
 """Seconds per layer of the jitted vector construction against plain NumPy float64.
 
 Both implement the same algorithm (ReduNet, JMLR 2022, section 2.3) on the
-same data in the same run. Correctness is checked first (output features agree), JAX is warmed
-up (compiled) once, and every timing blocks until the result is ready.
+same data in the same run. Correctness is checked first (output features
+agree), JAX is warmed up (compiled) once, and every timing blocks until the
+result is ready.
 
 Usage: python benchmarks/bench_vector.py [--layers 10] [--out FILE]
 """
