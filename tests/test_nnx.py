@@ -217,15 +217,23 @@ def test_sgd_step_on_complex_parameters_descends(invariant_case):
 
     # Moving only the imaginary parts: descent along -dL/dy lowers the loss,
     # the unconjugated gradient's imaginary part (+dL/dy) raises it.
+    # A step whose largest entry is 1e-3, so that the change of the loss is
+    # well above float32 rounding.
+    largest = max(
+        float(jnp.max(jnp.abs(grads[n][...].imag))) for n in ("E_hat", "C_hat")
+    )
+    t = 1e-3 / largest
+
     def move_imaginary(sign):
         E_hat, C_hat = (
-            getattr(net.layers, name) - sign * lr * 1j * -grads[name][...].imag
+            getattr(net.layers, name) - sign * t * 1j * -grads[name][...].imag
             for name in ("E_hat", "C_hat")
         )
         moved = _with_layers(net, net.layers._replace(E_hat=E_hat, C_hat=C_hat))
         return _loss_at(moved, X, Pi, 0.0)
 
-    assert float(move_imaginary(1.0)) < float(loss) < float(move_imaginary(-1.0))
+    down, up = float(move_imaginary(1.0)), float(move_imaginary(-1.0))
+    assert down < float(loss) < up, (down, float(loss), up)
 
 
 def test_batch_missing_a_class_and_single_sample(vector_case, invariant_case):
