@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -48,6 +49,86 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# Deflate cannot expand data more than about 1032 times; a member that claims
+# more is corrupt or a decompression bomb.
+_MAX_EXPANSION = 1100
+
+
+def read_arrays(path: Path, *, what: str) -> dict[str, np.ndarray]:
+    """Read every array of an ``.npz`` archive without trusting its content.
+
+    Every member must be a ``.npy`` array of a plain numeric dtype: object
+    arrays (pickled Python objects) are refused before anything is unpickled,
+    and each member's declared shape must match its stored size before any
+    memory is allocated for it, so a forged header cannot request terabytes.
+    Members stored by ``np.savez`` carry a CRC-32 that is checked on reading.
+
+    Args:
+      path: the archive.
+      what: what the file should be, for error messages (``"network"``).
+
+    Returns:
+      The arrays by member name (without the ``.npy`` suffix).
+
+    Raises:
+      ValueError: naming ``path`` and the cause, for a file that is not a
+        readable archive of plain arrays.
+    """
+    foreign = f"{path} is not a {what} (truncated or foreign file"
+    with open(path, "rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            raise ValueError(f"{foreign}: not an npz archive)")
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name == info.filename or name in arrays:
+                    raise ValueError(f"member {info.filename!r} is not one .npy array")
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise ValueError(
+                        f"member {info.filename!r} uses unusual compression"
+                    )
+                if info.file_size > _MAX_EXPANSION * info.compress_size + 4096:
+                    raise ValueError(f"member {info.filename!r} claims an absurd size")
+                with archive.open(info) as member:
+                    arrays[name] = _read_member(member, info)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not a readable {what} (truncated or foreign file): {err}"
+        ) from err
+    return arrays
+
+
+def _read_member(member, info: zipfile.ZipInfo) -> np.ndarray:
+    """One ``.npy`` member, its header checked against its stored size."""
+    fmt = np.lib.format
+    version = fmt.read_magic(member)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(member)
+    else:
+        raise ValueError(f"member {info.filename!r} has npy version {version}")
+    if dtype.hasobject or dtype.kind not in "biufc":
+        raise ValueError(
+            f"member {info.filename!r} holds {dtype} data (only plain numbers are "
+            "loaded; object arrays would unpickle code)"
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    stored = info.file_size - member.tell()
+    if declared != stored:
+        raise ValueError(
+            f"member {info.filename!r} declares shape {shape} ({declared} bytes) "
+            f"but stores {stored} bytes"
+        )
+    data = member.read(stored)  # bounded by the stored size; CRC-checked
+    array = np.frombuffer(data, dtype=dtype).reshape(
+        shape, order="F" if fortran else "C"
+    )
+    return array.astype(dtype.newbyteorder("="), copy=False)
 
 
 def save(path: str | os.PathLike, net: ReduNet) -> None:
@@ -118,20 +199,7 @@ def load(path: str | os.PathLike) -> ReduNet:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no network file at {path}")
-    with open(path, "rb") as handle:
-        if handle.read(4) != b"PK\x03\x04":
-            raise ValueError(
-                f"{path} is not a redunet_jax network (truncated or foreign file: "
-                "not an npz archive)"
-            )
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
-        raise ValueError(
-            f"{path} is not a readable redunet_jax network (truncated or foreign "
-            f"file): {err}"
-        ) from err
+    arrays = read_arrays(path, what="redunet_jax network")
     if _CONFIG_KEY not in arrays:
         raise ValueError(f"{path} is not a redunet_jax network (no config)")
     try:
