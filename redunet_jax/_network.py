@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple
@@ -167,6 +168,8 @@ def construct(
     invariant: bool = False,
     use_labels: bool = False,
     callback: Callable[[int, Rates], None] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
 ) -> tuple[ReduNet, jax.Array]:
     r"""Construct a ReduNet by forward propagation, one closed-form layer per step.
 
@@ -200,7 +203,20 @@ def construct(
         paper's variant) instead of the estimated ``pihat`` (the reference
         behaviour, which moves training and test data through the same map).
       callback: called as ``callback(layer_index, rates)`` after each layer with
-        the rates of the new training features under the true labels.
+        the rates of the new training features under the true labels. When a
+        run resumes from a checkpoint it is first called for the restored
+        layers, with their stored rates, so it sees every index once.
+      checkpoint_dir: folder of checkpoints (created if missing). If it holds
+        a checkpoint of the same inputs and settings, construction resumes
+        after its last layer, and the network and features are bit-identical
+        to those of an uninterrupted run on the same machine and library
+        versions; a checkpoint with fewer layers than ``num_layers`` is
+        extended, one with more is an error (its intermediate features are
+        not kept, so it cannot be truncated exactly). The final state is
+        always checkpointed. Files are never unpickled.
+      checkpoint_every: write a checkpoint after every ``checkpoint_every``
+        completed layers (default 1 with ``checkpoint_dir``). Each checkpoint
+        writes the new layers and the features ``Z`` (m × d values).
 
     Returns:
       ``(net, Z)``: the network and the output training features, of the shape
@@ -209,7 +225,10 @@ def construct(
     Raises:
       ValueError: for wrong shapes, labels out of range, non-finite inputs,
         ``eps_sq <= 0``, ``num_layers < 1``, ``num_classes < 2``, or if a layer
-        produces non-finite features.
+        produces non-finite features; for a checkpoint that is corrupted
+        (checksum mismatch), truncated, from another library version, for other
+        inputs or settings, or longer than ``num_layers`` (the message names
+        the file and the cause).
       TypeError: for non-numeric inputs or non-integer labels.
 
     References:
@@ -240,6 +259,18 @@ def construct(
     Z = domain.encode(normalize(X))
     Pi = jax.nn.one_hot(y, num_classes, dtype=X.dtype)
     hyper = [jnp.asarray(v, X.dtype) for v in (eps_sq, eta, lam)]
+    step = partial(_construction_step, use_labels=use_labels, signal_shape=signal_shape)
+    checkpoints = None
+    if checkpoint_dir is not None or checkpoint_every is not None:
+        # Imported here: the checkpoint module reads files through io, which
+        # imports this module.
+        from redunet_jax._checkpoint import open_checkpoints
+
+        settings = dict(num_classes=num_classes, eta=eta, eps_sq=eps_sq, lam=lam)
+        settings.update(invariant=bool(invariant), use_labels=bool(use_labels))
+        checkpoints = open_checkpoints(
+            checkpoint_dir, checkpoint_every, X, y, settings=settings
+        )
 
     def report(index, rates):
         if not np.isfinite(float(rates.delta_r)):
@@ -247,22 +278,30 @@ def construct(
                 f"layer {index} produced non-finite features; try a larger eps_sq "
                 "or a smaller eta"
             )
+        history.append(rates)
         if callback is not None:
             callback(index, rates)
 
     # Each step returns the rates of its input, i.e. of the previous layer's
     # output, from the factorization that builds its operators.
-    layers = []
+    layers, history = [], []
+    if checkpoints is not None:
+        spec = jax.eval_shape(step, Z, Pi, *hyper)
+        layers, Z, restored = checkpoints.restore(Z, spec, num_layers=num_layers)
+        for index, rates in enumerate(restored):
+            report(index, rates)
     with single_threaded_lapack():
-        for index in range(num_layers):
-            layer, Z, rates = _construction_step(
-                Z, Pi, *hyper, use_labels=use_labels, signal_shape=signal_shape
-            )
+        for index in range(len(layers), num_layers):
+            layer, Z, rates = step(Z, Pi, *hyper)
             if index > 0:
                 report(index - 1, rates)
             layers.append(layer)
+            if checkpoints is not None and checkpoints.due(len(layers)):
+                checkpoints.save(layers, Z, history)
         final = _rates_step(Z, Pi, hyper[0], signal_shape=signal_shape)
         report(num_layers - 1, final)
+    if checkpoints is not None:
+        checkpoints.save(layers, Z, history)
 
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
     net = ReduNet(
