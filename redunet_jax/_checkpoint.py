@@ -101,7 +101,7 @@ def open_checkpoints(directory, every, X, labels, *, settings: dict) -> Checkpoi
     Args:
       directory: ``checkpoint_dir``; required when ``every`` is given.
       every: ``checkpoint_every`` (>= 1), or ``None`` for every layer.
-      X: the checked training inputs; their dtype joins ``settings``.
+      X: the checked training inputs.
       labels: the checked training labels.
       settings: the hyperparameters and flags of the construction.
     """
@@ -109,7 +109,6 @@ def open_checkpoints(directory, every, X, labels, *, settings: dict) -> Checkpoi
         raise ValueError("checkpoint_every needs a checkpoint_dir to write to")
     every = 1 if every is None else check_int(every, "checkpoint_every", minimum=1)
     layer_type = CirculantLayer if settings.get("invariant") else VectorLayer
-    settings = {**settings, "dtype": np.dtype(X.dtype).name}
     return Checkpointer(
         directory,
         every=every,
@@ -126,8 +125,9 @@ class Checkpointer:
     Args:
       directory: the checkpoint folder (created if missing).
       every: write a checkpoint after every ``every`` completed layers.
-      settings: every setting that shapes the layers (hyperparameters, flags,
-        compute dtype); a checkpoint resumes only under equal settings.
+      settings: every setting that shapes the layers (hyperparameters and
+        flags); a checkpoint resumes only under equal settings, and the dtype
+        of the features (the compute dtype) joins them.
       X: the checked training inputs.
       labels: the checked training labels.
       layer_type: ``VectorLayer`` or ``CirculantLayer``.
@@ -175,11 +175,12 @@ class Checkpointer:
             is corrupted, from a newer or different library version, for other
             inputs or settings, or holding more than ``num_layers`` layers.
         """
+        layer_spec, Z_spec, rates_spec = spec
+        self.settings["dtype"] = np.dtype(Z_spec.dtype).name
         manifest = self._read_manifest()
         if manifest is None:
             return Restored([], Z, [])
         count = self._check_manifest(manifest, num_layers)
-        layer_spec, Z_spec, rates_spec = spec
 
         stacked: dict[str, list[np.ndarray]] = {f: [] for f in self.layer_type._fields}
         for block in manifest["blocks"]:
@@ -229,6 +230,7 @@ class Checkpointer:
         }
         state_name = f"state-{count:06d}.npz"
         Z = np.asarray(Z)
+        self.settings.setdefault("dtype", Z.dtype.name)
         state_arrays = {"Z": Z}
         for field in _RATE_FIELDS:
             values = [np.asarray(getattr(r, field)) for r in rates[: count - 1]]

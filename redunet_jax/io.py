@@ -97,7 +97,8 @@ def read_arrays(path: Path, *, what: str) -> dict[str, np.ndarray]:
                     arrays[name] = _read_member(member, info)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         raise ValueError(
-            f"{path} is not a readable {what} (truncated or foreign file): {err}"
+            f"{path} is not a readable {what} (corrupted, truncated or foreign "
+            f"file): {err}"
         ) from err
     return arrays
 
