@@ -46,6 +46,10 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _BLOCK = re.compile(r"layers-(\d{6})-(\d{6})\.npz")
 _STATE = re.compile(r"state-(\d{6})\.npz")
+# Temporary files that an interrupted write of ours leaves behind.
+_TEMPORARY = re.compile(
+    r"\.(layers-\d{6}-\d{6}\.npz|state-\d{6}\.npz|manifest\.json)\..+\.tmp"
+)
 _RATE_FIELDS = ("delta_r", "r", "rc")
 
 
@@ -93,6 +97,28 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _peek(folder: Path, key: str) -> int | None:
+    """A positive integer of a folder's manifest, or None if unreadable."""
+    try:
+        value = json.loads((Path(folder) / MANIFEST).read_bytes().decode())[key]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return value if type(value) is int and value >= 1 else None
+
+
+def stored_layers(folder: Path) -> int | None:
+    """Number of layers checkpointed in ``folder`` (None if none or unreadable).
+
+    Nothing is verified: use it for messages only.
+    """
+    return _peek(folder, "layers")
+
+
+def stored_every(folder: Path) -> int | None:
+    """The checkpoint interval a folder was written with, for resuming alike."""
+    return _peek(folder, "every")
 
 
 def open_checkpoints(directory, every, X, labels, *, settings: dict) -> Checkpointer:
@@ -272,11 +298,12 @@ class Checkpointer:
         self._remove_unlisted(manifest)
 
     def _remove_unlisted(self, manifest: dict) -> None:
-        """Delete earlier states and blocks the manifest no longer lists."""
+        """Delete earlier states, unlisted blocks and leftover temporary files."""
         listed = {b["file"] for b in manifest["blocks"]} | {manifest["state"]["file"]}
         for path in self.directory.iterdir():
-            ours = _BLOCK.fullmatch(path.name) or _STATE.fullmatch(path.name)
-            if ours and path.name not in listed:
+            name = path.name
+            ours = _BLOCK.fullmatch(name) or _STATE.fullmatch(name)
+            if (ours and name not in listed) or _TEMPORARY.fullmatch(name):
                 path.unlink(missing_ok=True)
 
     def _read_manifest(self) -> dict | None:

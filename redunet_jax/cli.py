@@ -156,6 +156,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="move training features with their true labels",
     )
     fit.add_argument("--out", help="output folder (default runs/DATASET)")
+    fit.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        metavar="N",
+        help="checkpoint every N layers in OUT/checkpoint, so that an interrupted "
+        "run can resume",
+    )
+    fit.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from OUT/checkpoint (same options)",
+    )
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = sub.add_parser("evaluate", help="reload a run and score it again")
@@ -388,17 +400,60 @@ def _run_plot(args) -> int:
     return 0
 
 
+def _checkpoint_folder(out: Path, args) -> tuple[Path | None, int | None]:
+    """The checkpoint folder of a fit and how often to write it, or ``None``."""
+    from redunet_jax._checkpoint import MANIFEST, stored_every
+
+    folder = out / "checkpoint"
+    exists = (folder / MANIFEST).is_file()
+    if args.resume:
+        if not exists:
+            raise CLIError(f"--resume: {folder} holds no checkpoint to continue")
+        return folder, args.checkpoint_every or stored_every(folder)
+    if args.checkpoint_every is None:
+        return None, None
+    if exists:
+        raise CLIError(
+            f"{folder} holds a checkpoint of an earlier run; add --resume to "
+            "continue it, or remove that folder to start over"
+        )
+    return folder, args.checkpoint_every
+
+
+def _resume_hint(folder: Path | None, argv: list[str]) -> str:
+    """One line on what an interrupted fit left behind and how to continue."""
+    import shlex
+
+    from redunet_jax._checkpoint import stored_layers
+
+    layers = stored_layers(folder) if folder is not None else None
+    if layers is None:
+        return "no checkpoint was written (--checkpoint-every N makes a run resumable)"
+    command = shlex.join(
+        ["redunet", *argv, *([] if "--resume" in argv else ["--resume"])]
+    )
+    return f"{folder} holds {layers} layers; continue with: {command}"
+
+
 def _run_fit(args) -> int:
-    from tqdm.auto import tqdm
-
-    from redunet_jax import construct, evaluate, normalize, save
-    from redunet_jax.io import atomic_write_bytes
-
     config = _fit_config(args)
     name = args.dataset.replace(":", "_").replace("/", "_")
     if args.out is not None and not args.out.strip():
         raise CLIError("--out must name an output folder, got an empty string")
     out = _writable_folder(Path(args.out) if args.out else Path("runs") / name)
+    checkpoints = _checkpoint_folder(out, args)
+    try:
+        return _fit(args, config, out, checkpoints)
+    except KeyboardInterrupt:
+        argv = getattr(args, "argv", None) or sys.argv[1:]
+        raise KeyboardInterrupt(_resume_hint(checkpoints[0], argv)) from None
+
+
+def _fit(args, config: dict, out: Path, checkpoints) -> int:
+    from tqdm.auto import tqdm
+
+    from redunet_jax import construct, evaluate, normalize, save
+    from redunet_jax.io import atomic_write_bytes
 
     timings = {}
     start = time.perf_counter()
@@ -444,6 +499,8 @@ def _run_fit(args) -> int:
             invariant=config["invariant"],
             use_labels=args.use_labels,
             callback=progress,
+            checkpoint_dir=checkpoints[0],
+            checkpoint_every=checkpoints[1],
         )
         Z.block_until_ready()
     timings["construct"] = time.perf_counter() - start
@@ -725,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``redunet`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "fit":
             return _run_fit(args)
@@ -737,8 +795,9 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         sys.stderr.write(f"redunet: error: {message}\n")
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("redunet: interrupted\n")
+    except KeyboardInterrupt as err:
+        detail = f"; {err}" if str(err) else ""
+        sys.stderr.write(f"redunet: interrupted{detail}\n")
         return 130
     except Exception as err:  # noqa: BLE001 - the command never shows a traceback
         message = str(err).splitlines()[0] if str(err) else ""

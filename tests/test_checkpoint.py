@@ -1,13 +1,19 @@
 """Checkpointed construction: bit-identical resume and refusal of bad files."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from redunet_jax import construct
+from redunet_jax import construct, load_dataset, save
+from redunet_jax.cli import main
 
 LAYERS = 6
 
@@ -230,3 +236,129 @@ def test_checkpoint_arguments_are_checked(tmp_path):
         construct(X, y, num_classes=3, num_layers=2, checkpoint_dir=blocker)
     with pytest.raises(TypeError, match="checkpoint_dir must be a str"):
         construct(X, y, num_classes=3, num_layers=2, checkpoint_dir=3)
+
+
+# The command line: a run killed mid-construction resumes to the same network.
+
+FIT = ["fit", "--dataset", "gaussian2d", "--layers", "200", "--quiet"]
+
+
+def _start_fit(out, *extra):
+    command = [sys.executable, "-m", "redunet_jax.cli", *FIT, "--out", str(out)]
+    return subprocess.Popen(
+        [*command, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for_checkpoint(process, folder, timeout=90.0):
+    """Layers in the first checkpoint that appears while ``process`` runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (folder / "manifest.json").is_file():
+            return _manifest(folder)["layers"]
+        if process.poll() is not None:
+            pytest.fail(f"fit ended before checkpointing: {process.stderr.read()}")
+        time.sleep(0.01)
+    pytest.fail("no checkpoint appeared in time")
+
+
+def _stop(process):
+    if process.poll() is None:
+        process.kill()
+    return process.communicate(timeout=60)
+
+
+def _network_arrays(path):
+    with np.load(path) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
+@pytest.mark.slow
+def test_fit_killed_mid_construction_resumes_to_the_same_network(tmp_path):
+    out = tmp_path / "killed"
+    folder = out / "checkpoint"
+    process = _start_fit(out, "--checkpoint-every", "20")
+    try:
+        layers = _wait_for_checkpoint(process, folder)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        _stop(process)
+    assert process.returncode == -signal.SIGKILL
+    assert 20 <= _manifest(folder)["layers"] < 200 and layers >= 20
+    assert not (out / "network.npz").exists()
+    # What a crash in the middle of the next checkpoint would leave behind.
+    (folder / "layers-000020-000040.npz").write_bytes(b"half a block")
+    (folder / ".state-000040.npz.x1y2z3.tmp").write_bytes(b"half a state")
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "redunet_jax.cli", *FIT, "--out", str(out), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+
+    # The same construction, uninterrupted, with the settings the run recorded.
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    data = load_dataset(config["dataset"], seed=config["seed"])
+    net, _ = construct(
+        data.X_train,
+        data.y_train,
+        num_classes=data.num_classes,
+        num_layers=config["layers"],
+        eta=config["eta"],
+        eps_sq=config["eps_sq"],
+        lam=config["lam"],
+    )
+    save(tmp_path / "reference.npz", net)
+    expected = _network_arrays(tmp_path / "reference.npz")
+    result = _network_arrays(out / "network.npz")
+    assert sorted(result) == sorted(expected)
+    for name, array in expected.items():
+        assert result[name].dtype == array.dtype
+        assert np.array_equal(result[name], array), f"{name} differs"
+    assert _manifest(folder)["layers"] == 200 and _manifest(folder)["every"] == 20
+    assert not (folder / ".state-000040.npz.x1y2z3.tmp").exists()
+
+
+def test_ctrl_c_prints_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    process = _start_fit(out, "--checkpoint-every", "20")
+    try:
+        _wait_for_checkpoint(process, out / "checkpoint")
+        os.kill(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        _stop(process)
+    assert process.returncode == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("redunet: interrupted; ")
+    assert "layers; continue with: redunet fit --dataset gaussian2d" in lines[0]
+    assert lines[0].endswith("--checkpoint-every 20 --resume")
+
+
+def test_fit_refuses_to_reuse_or_invent_a_checkpoint(saved, tmp_path, capsys):
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    argv = [*FIT, "--out", str(out)]
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume:" in err and "holds no checkpoint" in err
+    shutil.copytree(saved, out / "checkpoint", dirs_exist_ok=True)
+    assert main([*argv, "--checkpoint-every", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a checkpoint of an earlier run; add --resume" in err
+    assert len(err.strip().splitlines()) == 1
+    # a checkpoint of other inputs is refused with the library's message
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to different inputs" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--checkpoint-every", "0"])
+    assert info.value.code == 2
+    assert "must be >= 1" in capsys.readouterr().err
