@@ -251,8 +251,25 @@ def _read_idx_parts(path: Path):
         nbytes = int(np.prod(dims, dtype=np.float64)) * dtype.itemsize
         if nbytes > _IDX_MAX_BYTES:
             raise ValueError(f"{path}: IDX dimensions {dims} are implausibly large")
-        body = handle.read(nbytes + 1)
+        body = _read_at_most(handle, nbytes + 1)
     return dims, dtype, body, nbytes
+
+
+def _read_at_most(handle, size: int) -> bytes:
+    """Read up to ``size`` bytes in chunks.
+
+    ``read(size)`` would allocate ``size`` bytes up front, so a header that
+    announces gigabytes would cost that much memory before the size check;
+    chunks make the memory follow the data actually present.
+    """
+    chunks = []
+    while size > 0:
+        chunk = handle.read(min(size, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 def _find(folder: Path, stem: str) -> Path | None:
