@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -25,6 +26,13 @@ FIXED_SPLITS = ("gaussian2d", "gaussian3d", "mnist1d")
 
 class CLIError(Exception):
     """A user error reported as one line, with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _int_at_least(text: str, minimum: int) -> int:
@@ -94,7 +102,7 @@ def _dataset_name(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``redunet`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="redunet", description="Construct and evaluate ReduNets (rate reduction)."
     )
     sub = parser.add_subparsers(dest="command", required=True)
