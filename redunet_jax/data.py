@@ -62,6 +62,14 @@ class Dataset(NamedTuple):
       num_classes: number of classes k.
       name: data set name.
       n_comp: subspace dimension of the nearest-subspace classifier.
+
+    Example:
+      >>> data = gaussian_mixture(dim=2, samples_per_class=3, seed=0)
+      >>> data.X_train.shape, data.y_train.tolist(), data.num_classes
+      ((6, 2), [0, 0, 0, 1, 1, 1], 2)
+      >>> X_train, y_train, X_test, y_test, *_ = data  # a plain named tuple
+      >>> X_test.dtype, data.name, data.n_comp
+      (dtype('float32'), 'gaussian2d', 1)
     """
 
     X_train: np.ndarray
@@ -97,7 +105,9 @@ def load_dataset(
       A ``Dataset``.
 
     Raises:
-      ValueError: for an unknown name, a bad ``test_size`` or a malformed IDX file.
+      TypeError: if ``name`` is not a string.
+      ValueError: for an unknown name, a bad ``test_size`` or ``seed``, or a
+        malformed IDX file.
       FileNotFoundError: if an IDX folder lacks the expected files.
 
     Example:
@@ -177,6 +187,18 @@ def gaussian_mixture(
 
     Returns:
       A ``Dataset`` with ``n_comp = 1``.
+
+    Raises:
+      ValueError: if ``dim`` is not 2 or 3.
+
+    Example:
+      >>> data = gaussian_mixture(dim=3, samples_per_class=4, seed=0)
+      >>> data.X_train.shape, data.X_test.shape, data.num_classes
+      ((12, 3), (12, 3), 3)
+      >>> import numpy as np
+      >>> means = [data.X_train[data.y_train == j].mean(axis=0) for j in range(3)]
+      >>> [round(float(np.linalg.norm(mu)), 1) for mu in means]  # near unit vectors
+      [1.0, 1.0, 1.0]
     """
     if dim == 2:
         angles = np.deg2rad([0.0, 60.0])
@@ -208,10 +230,27 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     or a size mismatch raise ``ValueError``.
 
     Args:
-      path: the file.
+      path: the file; a name ending in ``.gz`` is read through gzip.
 
     Returns:
       The array, with the shape stored in the header, in native byte order.
+
+    Raises:
+      FileNotFoundError: if ``path`` does not exist.
+      ValueError: if the file is not a readable IDX file (bad magic number,
+        unknown type code, implausible dimensions, truncated or oversized
+        data, corrupted gzip stream).
+
+    Example:
+      >>> import os, tempfile
+      >>> import numpy as np
+      >>> path = os.path.join(tempfile.mkdtemp(), "tiny-idx2-ubyte")
+      >>> header = bytes([0, 0, 0x08, 2]) + np.array([2, 3], ">u4").tobytes()
+      >>> with open(path, "wb") as handle:  # unsigned bytes, shape (2, 3)
+      ...     _ = handle.write(header + bytes(range(6)))
+      >>> read_idx(path)
+      array([[0, 1, 2],
+             [3, 4, 5]], dtype=uint8)
     """
     path = Path(path)
     try:
@@ -370,6 +409,16 @@ def sinusoids(
 
     Returns:
       A ``Dataset`` with ``n_comp = 1``.
+
+    Raises:
+      ValueError: if ``seed`` is not an integer in [0, 2**32), or the samples
+        cannot be split with ``test_size`` (every class needs a sample on
+        each side).
+
+    Example:
+      >>> data = sinusoids(samples_per_class=10, length=32, seed=0)
+      >>> data.X_train.shape, data.X_test.shape, data.num_classes
+      ((14, 1, 32), (6, 1, 32), 2)
     """
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(2), samples_per_class)
