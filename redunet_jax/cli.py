@@ -434,9 +434,11 @@ def _resume_hint(folder: Path | None, argv: list[str]) -> str:
 
     from redunet_jax._checkpoint import stored_layers
 
-    layers = stored_layers(folder) if folder is not None else None
-    if layers is None:
+    if folder is None:
         return "no checkpoint was written (--checkpoint-every N makes a run resumable)"
+    layers = stored_layers(folder)
+    if layers is None:
+        return f"stopped before the first checkpoint in {folder}; nothing to resume"
     command = shlex.join(
         ["redunet", *argv, *([] if "--resume" in argv else ["--resume"])]
     )
