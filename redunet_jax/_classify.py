@@ -20,7 +20,24 @@ def _flat(Z) -> np.ndarray:
 
 
 def usable_n_comp(n_comp: int, Z) -> int:
-    """``n_comp`` capped at D - 1 for features of dimension D (at least 1)."""
+    """``n_comp`` capped at D - 1 for features of dimension D (at least 1).
+
+    Args:
+      n_comp: requested subspace dimension per class.
+      Z: (m, ...) features; D is the size of one flattened sample.
+
+    Returns:
+      ``max(1, min(n_comp, D - 1))``.
+
+    Raises:
+      TypeError: if ``n_comp`` is not a number.
+      ValueError: if ``n_comp`` cannot be read as an integer.
+
+    Example:
+      >>> import numpy as np
+      >>> usable_n_comp(10, np.zeros((5, 3))), usable_n_comp(2, np.zeros((5, 8)))
+      (2, 2)
+    """
     return max(1, min(int(n_comp), int(np.prod(np.shape(Z)[1:])) - 1))
 
 
@@ -57,6 +74,17 @@ def shift_invariant_features(Z) -> np.ndarray:
     kNN) give shift-invariant predictions, unlike the same classifiers on the
     signals themselves.
 
+    Args:
+      Z: (m, C, T) or (m, C, H, W) real features.
+
+    Returns:
+      (m, C * F) moduli (NumPy), F = T // 2 + 1 or H * (W // 2 + 1).
+
+    Raises:
+      TypeError: if ``Z`` is not a real numeric array.
+      ValueError: if ``Z`` has the wrong number of axes, a signal axis shorter
+        than 2, or non-finite values.
+
     Example:
       >>> import numpy as np
       >>> Z = np.random.default_rng(0).standard_normal((2, 3, 8))
@@ -88,8 +116,19 @@ def fit_nearest_subspace(
 
     Raises:
       ValueError: if ``n_comp`` is not in ``[1, D - 1]`` (subspaces as large as
-        the whole space leave no residual and cannot separate classes), or if
-        the features and labels disagree.
+        the whole space leave no residual and cannot separate classes), if
+        the features and labels disagree, labels lie outside
+        ``[0, num_classes)`` or the features are not finite.
+      TypeError: if the labels are not integers.
+
+    Example:
+      >>> import numpy as np
+      >>> Z = np.array([[1, 0, 0], [2, 0, 0.1], [0, 1, 0], [0, -3, 0]])
+      >>> bases = fit_nearest_subspace(Z, [0, 0, 1, 1], num_classes=2, n_comp=1)
+      >>> bases.shape
+      (2, 3, 1)
+      >>> np.abs(bases[1, :, 0]).round(3).tolist()  # class 1 spans the second axis
+      [0.0, 1.0, 0.0]
     """
     Z, labels = _check_features(Z, labels, "Z", num_classes=num_classes)
     n_comp = check_int(n_comp, "n_comp", minimum=1)
@@ -111,7 +150,27 @@ def fit_nearest_subspace(
 
 
 def predict_nearest_subspace(bases: np.ndarray, Z) -> np.ndarray:
-    """Class whose subspace leaves the smallest residual ``||(I - U U^T) z||``."""
+    """Class whose subspace leaves the smallest residual ``||(I - U U^T) z||``.
+
+    Args:
+      bases: (k, D, n_comp) orthonormal class bases ``U_j`` from
+        :func:`fit_nearest_subspace`.
+      Z: (n, ...) features to classify, D values per sample once flattened.
+
+    Returns:
+      (n,) int predicted labels.
+
+    Raises:
+      ValueError: if ``bases`` is not 3-dimensional or ``Z`` does not have D
+        features per sample.
+
+    Example:
+      >>> import numpy as np
+      >>> Z = np.array([[1, 0, 0], [2, 0, 0.1], [0, 1, 0], [0, -3, 0]])
+      >>> bases = fit_nearest_subspace(Z, [0, 0, 1, 1], num_classes=2, n_comp=1)
+      >>> predict_nearest_subspace(bases, [[0.5, 0.1, 0.0], [0.2, -1.0, 0.3]]).tolist()
+      [0, 1]
+    """
     Z = _flat(Z).astype(np.float64)
     if bases.ndim != 3 or Z.shape[1] != bases.shape[1]:
         raise ValueError(
@@ -136,6 +195,11 @@ def nearest_subspace(
 
     Returns:
       (n,) predicted labels.
+
+    Raises:
+      ValueError: as :func:`fit_nearest_subspace` and
+        :func:`predict_nearest_subspace`.
+      TypeError: if the labels are not integers.
 
     Example:
       >>> import numpy as np
@@ -178,7 +242,18 @@ def evaluate(
       ``{"train": {name: accuracy}, "test": {name: accuracy}}``.
 
     Raises:
-      ValueError: for an unknown classifier name.
+      ValueError: for an unknown classifier name, features and labels of
+        different lengths, features with NaN or infinite values, training and
+        test features of different sizes, labels outside
+        ``[0, num_classes)`` or a bad ``n_comp``.
+      TypeError: if the labels are not integers.
+
+    Example:
+      >>> import numpy as np
+      >>> y = np.repeat([0, 1], 10)
+      >>> Z = np.eye(3)[y] + 0.05 * np.random.default_rng(0).standard_normal((20, 3))
+      >>> evaluate(Z, y, Z[::-1], y[::-1], num_classes=2, n_comp=1)["test"]
+      {'nearest_subspace': 1.0, 'svm': 1.0, 'knn': 1.0}
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neighbors import KNeighborsClassifier
