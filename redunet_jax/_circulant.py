@@ -23,11 +23,7 @@ from redunet_jax._checks import check_int, check_memberships, check_positive, ch
 from redunet_jax._fourier import check_fourier, check_weights, weighted_sq_norm
 from redunet_jax._linalg import scaled_inverse_and_logdet
 from redunet_jax._rates import Rates, class_counts, rates_from_logdets
-from redunet_jax._spectral_rates import (
-    fourier_covariances,
-    frequency_average,
-    spectral_scales,
-)
+from redunet_jax._spectral_rates import fourier_covariances, frequency_average
 from redunet_jax._vector import NORM_FLOOR, soft_membership
 
 
@@ -46,31 +42,42 @@ class CirculantLayer(NamedTuple):
     gamma: jax.Array
 
 
-def _build_circulant_with_rates(
-    Z_hat: jax.Array, Pi: jax.Array, eps_sq, weights: jax.Array, num_positions
+def _layer_from_covariances(
+    stacked: jax.Array, m_j: jax.Array, m, eps_sq, weights: jax.Array, num_positions
 ) -> tuple[CirculantLayer, Rates]:
-    """Blocks built from ``Z_hat`` and the rates of ``Z_hat``, one factorization.
+    """Blocks and rates from the (k + 1, F, C, C) covariances, one factorization.
 
     With the orthonormal DFT the 1/T of the dense operators cancels against the
     T of the block-diagonalized covariance, so the blocks do not depend on
     ``num_positions``; the rates, an average over frequencies, do.
     """
-    m = Z_hat.shape[0]
-    Pi = Pi.astype(jnp.finfo(Z_hat.dtype).dtype)
-    m_j, safe_m_j = class_counts(Pi)
-    stacked = fourier_covariances(Z_hat, Pi)
+    C = stacked.shape[-1]
+    real = jnp.finfo(stacked.dtype).dtype
+    safe_m_j = jnp.where(m_j > 0, m_j, 1.0)
+    alpha = jnp.asarray(C / (m * eps_sq), real)
+    scales = jnp.concatenate([alpha[None], C / (safe_m_j * eps_sq)])[:, None]
 
     # E is the "class" whose membership is all ones: factoring the k + 1 stacks
     # in one batched Cholesky call also avoids a CPU scheduling hang seen with
     # two concurrent batched factorizations in one compiled step.
-    operators, logdets = scaled_inverse_and_logdet(
-        stacked, spectral_scales(Z_hat, safe_m_j, eps_sq)
-    )
+    operators, logdets = scaled_inverse_and_logdet(stacked, scales)
 
     C_hat = jnp.where((m_j > 0)[:, None, None, None], operators[1:], 0.0)
     layer = CirculantLayer(E_hat=operators[0], C_hat=C_hat, gamma=m_j / m)
     averages = frequency_average(logdets, weights, num_positions)
     return layer, rates_from_logdets(averages, m_j, m)
+
+
+def _build_circulant_with_rates(
+    Z_hat: jax.Array, Pi: jax.Array, eps_sq, weights: jax.Array, num_positions
+) -> tuple[CirculantLayer, Rates]:
+    """Blocks built from ``Z_hat`` and the rates of ``Z_hat`` (any memberships)."""
+    Pi = Pi.astype(jnp.finfo(Z_hat.dtype).dtype)
+    m_j, _ = class_counts(Pi)
+    stacked = fourier_covariances(Z_hat, Pi)
+    return _layer_from_covariances(
+        stacked, m_j, Z_hat.shape[0], eps_sq, weights, num_positions
+    )
 
 
 def _build_circulant(Z_hat: jax.Array, Pi: jax.Array, eps_sq, num_positions):

@@ -1,0 +1,295 @@
+"""Shift-invariant layers in a packed real layout: the fast path of construction.
+
+A complex C×C product costs four real ones, and CPUs run real matrix products
+much faster than complex ones laid out as (m, C, F) arrays. So the fast path
+stores the Fourier coefficients of a block of b samples at frequency p as one
+real (b, 2C) matrix ``[Re z, Im z]`` and every C×C block ``M`` as the real
+(2C, 2C) matrix ``R(M) = [[Re M, -Im M], [Im M, Re M]]``,
+so that the rows of ``[Re z, Im z] @ R(M)^T`` are ``[Re Mz, Im Mz]``. Samples
+are processed in blocks: one block's products with E and all k class operators,
+its ``pihat``, its update and its renormalization are finished before the
+next block starts, so intermediates stay in cache and no (m, k, C, F) array is
+ever formed. For construction the samples are sorted by class and each class
+is padded with zero samples to a whole number of blocks, so every block holds
+one class and the k class covariances together cost about one covariance of
+all samples (the classes partition them); zero samples contribute nothing and
+stay zero.
+
+The plain (m, C, F) complex implementation in ``_circulant.py`` is the
+reference these functions are tested against.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from redunet_jax._vector import NORM_FLOOR, soft_membership
+
+#: Smallest and largest automatic block sizes (samples per block).
+MIN_BLOCK, MAX_BLOCK = 16, 32
+
+
+class BlockPlan(NamedTuple):
+    """Where each sample goes in the blocked layout (host arrays).
+
+    Attributes:
+      order: (n * b,) sample index of every slot; ``m`` marks a zero slot.
+      inverse: (m,) slot of every sample.
+      block_class: (n,) class of every block (0 when the plan ignores
+        classes).
+      block: samples per block b.
+    """
+
+    order: np.ndarray
+    inverse: np.ndarray
+    block_class: np.ndarray
+    block: int
+
+
+def _padded(counts: np.ndarray, b: int) -> int:
+    return int(np.sum(-(-counts // b) * b))
+
+
+def choose_block(counts, chunk_size: int | None = None) -> int:
+    """Samples per block: ``chunk_size``, or the size in [16, 32] that pads least.
+
+    Args:
+      counts: sizes of the groups that must start on a block boundary (the
+        classes, or ``[m]``).
+      chunk_size: explicit block size, or ``None``.
+
+    Returns:
+      The block size b >= 1.
+    """
+    counts = np.asarray(counts, np.int64)
+    if chunk_size is not None:
+        return int(chunk_size)
+    largest = max(int(counts.max()), 1)
+    if largest <= MAX_BLOCK:
+        return largest
+    candidates = range(MIN_BLOCK, MAX_BLOCK + 1)
+    # Least padding first, then the larger block (fewer, fuller products).
+    return min(candidates, key=lambda b: (_padded(counts, b), -b))
+
+
+def plan_blocks(labels, num_classes: int, chunk_size: int | None = None) -> BlockPlan:
+    """Blocked layout with every class starting on a block boundary.
+
+    Args:
+      labels: (m,) integer labels in ``[0, num_classes)``.
+      num_classes: number of classes k.
+      chunk_size: samples per block, or ``None`` to choose one in [16, 32].
+
+    Returns:
+      A :class:`BlockPlan`.
+    """
+    labels = np.asarray(labels)
+    m = labels.shape[0]
+    counts = np.bincount(labels, minlength=num_classes)
+    b = choose_block(counts[counts > 0], chunk_size)
+
+    order, block_class = [], []
+    for j in range(num_classes):
+        members = np.flatnonzero(labels == j)
+        if members.size == 0:
+            continue
+        blocks = -(-members.size // b)
+        slots = np.full(blocks * b, m)
+        slots[: members.size] = members
+        order.append(slots)
+        block_class += [j] * blocks
+    order = np.concatenate(order)
+    inverse = np.empty(m, np.int64)
+    inverse[order[order < m]] = np.flatnonzero(order < m)
+    return BlockPlan(order, inverse, np.asarray(block_class, np.int32), b)
+
+
+def plan_samples(m: int, chunk_size: int | None = None) -> BlockPlan:
+    """Blocked layout of m samples in their own order (no classes)."""
+    b = choose_block([m], chunk_size)
+    n = -(-m // b)
+    order = np.full(n * b, m)
+    order[:m] = np.arange(m)
+    return BlockPlan(order, np.arange(m), np.zeros(n, np.int32), b)
+
+
+def pack(Z_hat: jax.Array, order: jax.Array, block: int) -> jax.Array:
+    """(m, C, F) complex coefficients to (n, F, b, 2C) real blocks."""
+    m, C, F = Z_hat.shape
+    Y = jnp.concatenate([Z_hat.real, Z_hat.imag], axis=1)  # (m, 2C, F)
+    Y = jnp.concatenate([Y, jnp.zeros((1, 2 * C, F), Y.dtype)])[order]
+    return jnp.transpose(Y.reshape(-1, block, 2 * C, F), (0, 3, 1, 2))
+
+
+def unpack(Yb: jax.Array, inverse: jax.Array) -> jax.Array:
+    """Inverse of :func:`pack` for the samples listed in ``inverse``."""
+    n, F, b, C2 = Yb.shape
+    Y = jnp.transpose(Yb, (0, 2, 3, 1)).reshape(n * b, C2, F)[inverse]
+    C = C2 // 2
+    return jax.lax.complex(Y[:, :C], Y[:, C:])
+
+
+def packed_covariances(Yb: jax.Array, block_class: jax.Array, num_classes: int):
+    """Covariances of all samples and of every class from class-pure blocks.
+
+    The blocks are visited one at a time and each one's (F, 2C, 2C) Gram
+    matrices are added to its class, so no per-block array is ever stacked.
+
+    Args:
+      Yb: (n, F, b, 2C) packed blocks, each holding samples of one class.
+      block_class: (n,) class of every block.
+      num_classes: number of classes k.
+
+    Returns:
+      (k + 1, F, C, C) complex ``[Sigma, Sigma_1, ..., Sigma_k]``.
+    """
+    n, F, b, C2 = Yb.shape
+    C = C2 // 2
+
+    def add_block(G, block):
+        y, j = block
+        return G.at[j].add(jnp.einsum("pia,pib->pab", y, y)), None
+
+    G = jnp.zeros((num_classes, F, C2, C2), Yb.dtype)
+    G, _ = jax.lax.scan(add_block, G, (Yb, block_class))
+    G = jnp.concatenate([jnp.sum(G, axis=0, keepdims=True), G])
+    # For rows [x, u] of z = x + iu: z z^H = (x x' + u u') + i (u x' - x u').
+    real = G[..., :C, :C] + G[..., C:, C:]
+    imag = G[..., C:, :C] - G[..., :C, C:]
+    return jax.lax.complex(real, imag)
+
+
+def real_blocks(M: jax.Array) -> jax.Array:
+    """(s, F, C, C) complex blocks to (F, 2C, s * 2C) right multipliers.
+
+    The rows of ``[Re z, Im z] @ R(M)^T`` are ``[Re Mz, Im Mz]``. ``R(M)`` is
+    symmetric for Hermitian ``M`` (constructed layers), but fine-tuned blocks
+    need not be Hermitian, so the transpose is taken explicitly.
+    """
+    s, F, C, _ = M.shape
+    Mt = jnp.swapaxes(M, -1, -2)
+    top = jnp.concatenate([Mt.real, Mt.imag], axis=-1)
+    bottom = jnp.concatenate([-Mt.imag, Mt.real], axis=-1)
+    R = jnp.concatenate([top, bottom], axis=-2)  # (s, F, 2C, 2C)
+    return jnp.transpose(R, (1, 2, 0, 3)).reshape(F, 2 * C, s * 2 * C)
+
+
+def _move_block(R, y, gamma, weights, eta, lam, Pi=None):
+    """One block (F, b, 2C) through a layer; ``R`` stacks E then every C_j."""
+    F, b, C2 = y.shape
+    k = gamma.shape[0]
+    products = (y @ R).reshape(F, b, k + 1, C2)
+
+    sq = jnp.einsum("p,pbja->bj", weights, jnp.square(products[:, :, 1:]))
+    norms = jnp.sqrt(jnp.maximum(sq, NORM_FLOOR * NORM_FLOOR))
+    pihat = soft_membership(gamma, norms, lam)
+
+    coefficients = gamma * (pihat if Pi is None else Pi)
+    signs = jnp.concatenate([jnp.ones((b, 1), y.dtype), -coefficients], axis=1)
+    y_new = y + eta * jnp.einsum("bj,pbja->pba", signs, products)
+
+    scale = jnp.einsum("p,pba->b", weights, jnp.square(y_new))
+    scale = jnp.sqrt(jnp.maximum(scale, NORM_FLOOR * NORM_FLOOR))
+    return y_new / scale[None, :, None], pihat
+
+
+def packed_move(E_hat, C_hat, gamma, Yb, weights, eta, lam, Pi_blocks=None):
+    """Apply one layer to packed blocks, one block at a time.
+
+    Args:
+      E_hat: (F, C, C) expansion blocks.
+      C_hat: (k, F, C, C) compression blocks.
+      gamma: (k,) class proportions.
+      Yb: (n, F, b, 2C) packed features.
+      weights: (F,) bin weights.
+      eta: step size.
+      lam: inverse temperature of ``pihat``.
+      Pi_blocks: optional (n, b, k) memberships that replace ``pihat`` in the
+        update.
+
+    Returns:
+      ``(Yb_next, pihat)`` of shapes (n, F, b, 2C) and (n, b, k).
+    """
+    R = real_blocks(jnp.concatenate([E_hat[None], C_hat]))
+    weights = weights.astype(Yb.dtype)
+
+    if Pi_blocks is None:
+        return jax.lax.map(lambda y: _move_block(R, y, gamma, weights, eta, lam), Yb)
+    return jax.lax.map(
+        lambda args: _move_block(R, args[0], gamma, weights, eta, lam, args[1]),
+        (Yb, Pi_blocks),
+    )
+
+
+def pack_rows(rows: jax.Array, order: jax.Array, block: int) -> jax.Array:
+    """(m, k) per-sample rows to (n, b, k) blocks, zero rows in padding slots."""
+    padded = jnp.concatenate([rows, jnp.zeros((1, rows.shape[1]), rows.dtype)])
+    return padded[order].reshape(-1, block, rows.shape[1])
+
+
+def packed_layer_step(
+    Z_hat, Pi, eps_sq, eta, lam, weights, num_positions, plan, *, block, use_labels
+):
+    """Build a layer from ``Z_hat`` and move ``Z_hat`` through it, packed.
+
+    Equal to ``_build_circulant_with_rates`` followed by ``_move_circulant``
+    for one-hot memberships ``Pi`` laid out by ``plan`` (from
+    :func:`plan_blocks`).
+
+    Args:
+      Z_hat: (m, C, F) complex coefficients.
+      Pi: (m, k) one-hot memberships.
+      eps_sq: distortion.
+      eta: step size.
+      lam: inverse temperature of ``pihat``.
+      weights: (F,) bin weights.
+      num_positions: T (H * W in 2D).
+      plan: ``(order, inverse, block_class)`` arrays of a :class:`BlockPlan`.
+      block: samples per block.
+      use_labels: move with ``Pi`` instead of ``pihat``.
+
+    Returns:
+      ``(layer, Z_hat_next, rates)``: the ``CirculantLayer``, (m, C, F) output
+      coefficients and the rates of ``Z_hat``.
+    """
+    from redunet_jax._circulant import _layer_from_covariances
+
+    order, inverse, block_class = plan
+    Pi = Pi.astype(jnp.finfo(Z_hat.dtype).dtype)
+    Yb = pack(Z_hat, order, block)
+    stacked = packed_covariances(Yb, block_class, Pi.shape[1])
+    layer, rates = _layer_from_covariances(
+        stacked, jnp.sum(Pi, axis=0), Z_hat.shape[0], eps_sq, weights, num_positions
+    )
+    Pi_blocks = pack_rows(Pi, order, block) if use_labels else None
+    Yb, _ = packed_move(
+        layer.E_hat, layer.C_hat, layer.gamma, Yb, weights, eta, lam, Pi_blocks
+    )
+    return layer, unpack(Yb, inverse), rates
+
+
+def packed_forward(layers, Z_hat, weights, eta, lam, *, chunk_size=None):
+    """Scan stacked layers over (m, C, F) coefficients in the packed layout.
+
+    Returns:
+      ``(Z_hat_out, pihat)``: (m, C, F) coefficients and the last layer's
+      (m, k) ``pihat``.
+    """
+    m = Z_hat.shape[0]
+    k = layers.gamma.shape[-1]
+    plan = plan_samples(m, chunk_size)
+    order, inverse = jnp.asarray(plan.order), jnp.asarray(plan.inverse)
+
+    def body(carry, layer):
+        Yb, _ = carry
+        E_hat, C_hat, gamma = layer
+        return packed_move(E_hat, C_hat, gamma, Yb, weights, eta, lam), None
+
+    Yb = pack(Z_hat, order, plan.block)
+    pihat = jnp.zeros((Yb.shape[0], plan.block, k), Yb.dtype)
+    (Yb, pihat), _ = jax.lax.scan(body, (Yb, pihat), layers)
+    return unpack(Yb, inverse), pihat.reshape(-1, k)[inverse]

@@ -1,0 +1,162 @@
+"""The packed real fast path against the plain complex (m, C, F) implementation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from redunet_jax import construct, transform
+from redunet_jax._circulant import (
+    CirculantLayer,
+    _build_circulant_with_rates,
+    _move_circulant,
+)
+from redunet_jax._fourier import _bin_weights, _rfft
+from redunet_jax._network import encoded_forward
+from redunet_jax._packed import (
+    choose_block,
+    pack,
+    packed_covariances,
+    packed_forward,
+    packed_layer_step,
+    plan_blocks,
+    plan_samples,
+    unpack,
+)
+from redunet_jax._spectral_rates import fourier_covariances
+
+
+def coefficients(m, C, signal_shape, seed=0):
+    X = np.random.default_rng(seed).standard_normal((m, C, *signal_shape))
+    Z_hat = _rfft(jnp.asarray(X, jnp.float32))
+    return Z_hat / jnp.sqrt(jnp.sum(jnp.abs(Z_hat) ** 2, axis=(1, 2)))[:, None, None]
+
+
+def uneven_labels(m, k, seed=0):
+    """Labels with an empty class (k - 1), a singleton class and uneven sizes."""
+    y = np.random.default_rng(seed).integers(0, k - 2, m)
+    y[-1] = k - 2
+    y[: m // 2] = 0
+    return y
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 7, 64])
+def test_plan_places_every_sample_once_in_class_pure_blocks(chunk_size):
+    y = uneven_labels(97, 5)
+    plan = plan_blocks(y, 5, chunk_size)
+    b = plan.block
+    assert chunk_size is None or b == chunk_size
+    slots = plan.order.reshape(-1, b)
+    real = plan.order[plan.order < 97]
+    np.testing.assert_array_equal(np.sort(real), np.arange(97))
+    np.testing.assert_array_equal(plan.order[plan.inverse], np.arange(97))
+    for block, j in zip(slots, plan.block_class, strict=True):
+        members = block[block < 97]
+        assert members.size > 0 and np.all(y[members] == j)
+    # Padding never exceeds one block per non-empty class.
+    assert plan.order.size - 97 < b * len(np.unique(y))
+
+
+def test_automatic_block_pads_least():
+    assert choose_block(np.array([100] * 10)) == 25
+    assert choose_block(np.array([12, 5])) == 12
+    assert choose_block(np.array([64, 64])) == 32
+    assert plan_samples(1000).block == 25 and plan_samples(10).block == 10
+
+
+def test_pack_round_trips_and_covariances_match_reference():
+    Z_hat = coefficients(45, 3, (10,))
+    y = uneven_labels(45, 4, seed=1)
+    plan = plan_blocks(y, 4, 4)
+    Yb = pack(Z_hat, jnp.asarray(plan.order), plan.block)
+    assert Yb.shape == (len(plan.block_class), 6, 4, 6)
+    np.testing.assert_array_equal(unpack(Yb, jnp.asarray(plan.inverse)), Z_hat)
+
+    fast = packed_covariances(Yb, jnp.asarray(plan.block_class), 4)
+    reference = fourier_covariances(Z_hat, jax.nn.one_hot(y, 4))
+    np.testing.assert_allclose(fast, reference, atol=2e-6)
+    assert float(jnp.abs(fast[-1]).max()) == 0.0  # empty class
+
+
+@pytest.mark.parametrize("signal_shape", [(10,), (4, 5)])
+@pytest.mark.parametrize("use_labels", [False, True])
+def test_packed_layer_step_matches_build_then_move(signal_shape, use_labels):
+    Z_hat = coefficients(45, 3, signal_shape, seed=2)
+    y = uneven_labels(45, 4, seed=3)
+    Pi = jax.nn.one_hot(y, 4)
+    weights = jnp.asarray(_bin_weights(signal_shape), jnp.float32)
+    T = int(np.prod(signal_shape))
+    plan = plan_blocks(y, 4, 8)
+
+    layer, Z_next, rates = packed_layer_step(
+        Z_hat,
+        Pi,
+        0.1,
+        0.5,
+        50.0,
+        weights,
+        T,
+        tuple(jnp.asarray(a) for a in plan[:3]),
+        block=plan.block,
+        use_labels=use_labels,
+    )
+    ref_layer, ref_rates = _build_circulant_with_rates(Z_hat, Pi, 0.1, weights, T)
+    ref_next, _ = _move_circulant(
+        ref_layer, Z_hat, 0.5, 50.0, weights, Pi if use_labels else None
+    )
+    for got, want in zip(layer, ref_layer, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(Z_next, ref_next, atol=1e-6)
+    np.testing.assert_allclose(jnp.stack(rates), jnp.stack(ref_rates), rtol=1e-5)
+
+
+def test_packed_forward_matches_reference_for_non_hermitian_blocks():
+    """Fine-tuned blocks need not be Hermitian; the packed map must not assume it."""
+    key = jax.random.key(4)
+    L, k, F, C = 3, 3, 6, 2
+    parts = jax.random.normal(key, (2, L, k + 1, F, C, C)) * 0.3
+    blocks = jax.lax.complex(parts[0], parts[1])
+    layers = CirculantLayer(
+        E_hat=blocks[:, 0], C_hat=blocks[:, 1:], gamma=jnp.full((L, k), 1.0 / k)
+    )
+    Z_hat = coefficients(37, C, (10,), seed=5)
+    weights = jnp.asarray(_bin_weights((10,)), jnp.float32)
+
+    fast, fast_pihat = packed_forward(layers, Z_hat, weights, 0.5, 5.0, chunk_size=8)
+
+    def body(Z, layer):
+        Z_next, pihat = _move_circulant(layer, Z, 0.5, 5.0, weights)
+        return Z_next, pihat
+
+    slow, pihats = jax.lax.scan(body, Z_hat, layers)
+    np.testing.assert_allclose(fast, slow, atol=1e-6)
+    np.testing.assert_allclose(fast_pihat, pihats[-1], atol=1e-6)
+
+
+def test_construct_and_transform_agree_with_the_plain_path():
+    X = np.random.default_rng(6).standard_normal((60, 2, 12)).astype(np.float32)
+    y = uneven_labels(60, 4, seed=7)
+    net, Z = construct(X, y, num_classes=4, num_layers=3, invariant=True)
+    other, Z_other = construct(
+        X, y, num_classes=4, num_layers=3, invariant=True, chunk_size=5
+    )
+    np.testing.assert_allclose(Z, Z_other, atol=1e-6)
+    np.testing.assert_allclose(net.layers.C_hat, other.layers.C_hat, atol=1e-5)
+
+    Z_hat, _ = encoded_forward(
+        net.layers,
+        jnp.asarray(X),
+        signal_shape=(12,),
+        eta=net.eta,
+        lam=net.lam,
+        num_classes=4,
+    )
+    plain = jnp.fft.irfft(Z_hat, n=12, axis=-1, norm="ortho")
+    np.testing.assert_allclose(transform(net, X), plain, atol=1e-6)
+    np.testing.assert_allclose(transform(net, X), Z, atol=1e-5)
+
+
+def test_construct_rejects_bad_chunk_size():
+    X = np.ones((4, 1, 4), np.float32)
+    with pytest.raises(ValueError, match="chunk_size"):
+        construct(X, [0, 0, 1, 1], num_classes=2, num_layers=1, chunk_size=0)
