@@ -31,7 +31,26 @@ _CONFIG_KEY = "__config__"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename.
+
+    Readers see either the old file or the complete new one, never a partial
+    write; the temporary file is removed if anything fails.
+
+    Args:
+      path: destination file; its folder must exist.
+      data: the bytes to write.
+
+    Raises:
+      IsADirectoryError: if ``path`` is a folder.
+      OSError: if the folder does not exist or is not writable.
+
+    Example:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "notes.txt")
+      >>> atomic_write_bytes(path, b"rate reduction")
+      >>> open(path, "rb").read()
+      b'rate reduction'
+    """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a folder")
@@ -191,9 +210,23 @@ def load(path: str | os.PathLike) -> ReduNet:
       The ``ReduNet``, with arrays on the default device.
 
     Raises:
+      TypeError: if ``path`` is not a ``str`` or ``os.PathLike``.
       FileNotFoundError: if ``path`` does not exist.
       ValueError: if the file is truncated, not a redunet_jax network, from a
         newer format version, or its arrays disagree with its config.
+
+    Example:
+      >>> import jax, tempfile, os
+      >>> from redunet_jax import construct, transform
+      >>> X = jax.random.normal(jax.random.key(0), (20, 3))
+      >>> net, _ = construct(X, (X[:, 0] > 0).astype(int), num_classes=2, num_layers=2)
+      >>> path = os.path.join(tempfile.mkdtemp(), "net.npz")
+      >>> save(path, net)
+      >>> loaded = load(path)
+      >>> loaded.input_shape, loaded.num_classes, loaded.invariant
+      ((3,), 2, False)
+      >>> bool(jax.numpy.array_equal(transform(loaded, X), transform(net, X)))
+      True
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
