@@ -48,7 +48,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
       >>> import os, tempfile
       >>> path = os.path.join(tempfile.mkdtemp(), "notes.txt")
       >>> atomic_write_bytes(path, b"rate reduction")
-      >>> open(path, "rb").read()
+      >>> with open(path, "rb") as handle:
+      ...     handle.read()
       b'rate reduction'
     """
     path = Path(path)
