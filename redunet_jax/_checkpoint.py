@@ -51,6 +51,8 @@ _TEMPORARY = re.compile(
     r"\.(layers-\d{6}-\d{6}\.npz|state-\d{6}\.npz|manifest\.json)\..+\.tmp"
 )
 _RATE_FIELDS = ("delta_r", "r", "rc")
+# A manifest lists about 400 bytes per block: far below this for any real run.
+_MAX_MANIFEST_BYTES = 1 << 28
 
 
 class Restored(NamedTuple):
@@ -310,6 +312,8 @@ class Checkpointer:
         path = self.manifest_path
         if not path.exists():
             return None
+        if path.stat().st_size > _MAX_MANIFEST_BYTES:
+            raise ValueError(f"{path} is too large to be a checkpoint manifest")
         try:
             manifest = json.loads(path.read_bytes().decode())
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
