@@ -246,8 +246,28 @@ def rate_reduction_loss(
     Returns:
       ``(loss, delta_r)`` as scalar arrays.
 
+    Raises:
+      TypeError, ValueError: if the shapes of ``X`` or ``Pi`` do not fit the
+        model or each other (raised by JAX: the inputs are not validated here,
+        so that the function traces under ``jit`` and ``grad``;
+        :func:`finetune` checks them).
+
     References:
       ReduNet (JMLR 2022), section 5.
+
+    Example:
+      >>> import jax
+      >>> from redunet_jax import construct
+      >>> X = jax.random.normal(jax.random.key(0), (20, 3))
+      >>> y = (X[:, 0] > 0).astype(int)
+      >>> net, _ = construct(X, y, num_classes=2, num_layers=2)
+      >>> Pi = jax.nn.one_hot(y, 2)
+      >>> loss, delta_r = rate_reduction_loss(ReduNetModule(net), X, Pi)
+      >>> bool(loss == -delta_r), bool(delta_r > 0)
+      (True, True)
+      >>> loss_ce, _ = rate_reduction_loss(ReduNetModule(net), X, Pi, ce_weight=1.0)
+      >>> bool(loss_ce > loss)  # plus a positive cross-entropy
+      True
     """
     Z, pihat = model.encoded_forward(X)
     rates = _domain(model.signal_shape).rates(Z, Pi, model.eps_sq)
@@ -287,8 +307,28 @@ def train_step(
     Returns:
       ``(loss, delta_r)`` of the batch before the update.
 
+    Raises:
+      TypeError, ValueError: if the shapes of ``X`` or ``Pi`` do not fit the
+        model or each other (raised by JAX while tracing; the inputs are not
+        validated here).
+
     References:
       ReduNet (JMLR 2022), section 5.
+
+    Example:
+      >>> import jax, optax
+      >>> from flax import nnx
+      >>> from redunet_jax import construct
+      >>> X = jax.random.normal(jax.random.key(0), (20, 3))
+      >>> y = (X[:, 0] > 0).astype(int)
+      >>> net, _ = construct(X, y, num_classes=2, num_layers=2)
+      >>> model = ReduNetModule(net)
+      >>> optimizer = nnx.Optimizer(model, optax.sgd(1e-3), wrt=nnx.Param)
+      >>> Pi = jax.nn.one_hot(y, 2)
+      >>> loss, delta_r = train_step(model, optimizer, X, Pi, jax.numpy.asarray(0.0))
+      >>> after, _ = rate_reduction_loss(model, X, Pi)
+      >>> bool(after < loss)  # one small step down the loss
+      True
     """
     grad_fn = nnx.value_and_grad(rate_reduction_loss, has_aux=True)
     (loss, delta_r), grads = grad_fn(model, X, Pi, ce_weight)
