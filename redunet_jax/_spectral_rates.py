@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from redunet_jax._checks import check_finite_result, check_memberships, check_positive
 from redunet_jax._fourier import _bin_weights, _rfft, check_signals
+from redunet_jax._guards import cast_features, resolve_compute_dtype
 from redunet_jax._linalg import logdet_shifted
 from redunet_jax._rates import Rates, class_counts, rates_from_logdets
 
@@ -93,7 +94,9 @@ def _signal_rates(Z: jax.Array, Pi: jax.Array, eps_sq) -> Rates:
     return rates
 
 
-def shift_invariant_rate_reduction(Z, Pi, *, eps_sq: float) -> Rates:
+def shift_invariant_rate_reduction(
+    Z, Pi, *, eps_sq: float, compute_dtype=None
+) -> Rates:
     r"""Rate reduction of multi-channel signals with every circular shift counted.
 
     .. math::
@@ -116,15 +119,21 @@ def shift_invariant_rate_reduction(Z, Pi, *, eps_sq: float) -> Rates:
       Z: (m, C, T) or (m, C, H, W) real features ``Z``; signal axes >= 2.
       Pi: (m, k) memberships ``Pi``: one-hot labels or soft, rows summing to 1.
       eps_sq: distortion ``ε²`` (squared), > 0.
+      compute_dtype: real dtype of the transforms, covariances, factorizations
+        and log-determinants: ``jnp.float32`` (complex64 coefficients) or
+        ``jnp.float64`` (complex128; needs ``jax_enable_x64``). Default:
+        float64 for float64 ``Z`` under x64, float32 otherwise; bfloat16 and
+        float16 features are never factored in their own precision.
 
     Returns:
-      ``Rates(delta_r, r, rc)`` as scalar arrays. Computed in float32 for float32
-      features (float64 under ``jax_enable_x64`` with float64 features); float32
+      ``Rates(delta_r, r, rc)`` as scalar arrays of ``compute_dtype``; float32
       loses accuracy when ``eps_sq`` is below about 1e-3.
 
     Raises:
       ValueError: if shapes disagree, a signal axis is shorter than 2, values
-        are not finite or ``eps_sq <= 0``.
+        are not finite, ``eps_sq <= 0``, ``compute_dtype`` is not float32 or
+        float64 (or float64 without x64), or the rates overflow (features far
+        too large for ``compute_dtype``: normalize them first).
       TypeError: if ``Z`` or ``Pi`` is not a real numeric array.
 
     References:
@@ -142,6 +151,7 @@ def shift_invariant_rate_reduction(Z, Pi, *, eps_sq: float) -> Rates:
       (True, ())
     """
     Z = check_signals(Z, "Z")
-    Pi = check_memberships(Pi, "Pi", m=Z.shape[0])
+    Z = cast_features(Z, resolve_compute_dtype(compute_dtype, Z.dtype), "Z")
+    Pi = check_memberships(Pi, "Pi", m=Z.shape[0]).astype(Z.dtype)
     eps_sq = check_positive(eps_sq, "eps_sq")
     return check_finite_result(_signal_rates(Z, Pi, eps_sq))
