@@ -219,6 +219,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--seed", type=_seed, default=0, help="mini-batch seed")
     tune.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    bench = sub.add_parser(
+        "bench",
+        help="time shift-invariant layers: rfft vs full FFT vs dense vs NumPy loop",
+    )
+    bench.add_argument("--quick", action="store_true", help="tiny grid (seconds)")
+    bench.add_argument("--m", type=_positive_int, help="samples (1000)")
+    bench.add_argument("--channels", type=_positive_int, help="channels C (16)")
+    bench.add_argument(
+        "--classes", type=lambda t: _int_at_least(t, 2), help="classes k (10)"
+    )
+    bench.add_argument(
+        "--lengths",
+        type=lambda t: _int_at_least(t, 2),
+        nargs="+",
+        help="signal lengths T of the T grid (32 64 128 256 512)",
+    )
+    bench.add_argument(
+        "--channel-grid",
+        type=_positive_int,
+        nargs="+",
+        help="channels of the C grid (4 8 16 32 64)",
+    )
+    bench.add_argument(
+        "--channel-length",
+        type=lambda t: _int_at_least(t, 2),
+        help="T of the C grid (64)",
+    )
+    bench.add_argument("--repeats", type=_positive_int, help="timed calls (3)")
+    bench.add_argument(
+        "--tolerance",
+        type=_non_negative_float,
+        default=1e-4,
+        help="largest accepted max |difference| between paths (1e-4)",
+    )
+    bench.add_argument(
+        "--memory-layers",
+        type=_non_negative_int,
+        nargs="+",
+        help="depths of the 2D memory constructions (1 25); 0 skips them",
+    )
+    bench.add_argument(
+        "--out", type=Path, default=Path("bench"), help="output folder (./bench)"
+    )
     return parser
 
 
@@ -788,6 +832,38 @@ def _run_finetune(args) -> int:
     return 0
 
 
+def _run_bench(args) -> int:
+    from redunet_jax import bench
+
+    config = {
+        **(bench.QUICK if args.quick else bench.FULL),
+        "memory": dict((bench.QUICK if args.quick else bench.FULL)["memory"]),
+    }
+    for name in ("m", "channels", "classes", "lengths", "channel_grid"):
+        if getattr(args, name) is not None:
+            config[name] = getattr(args, name)
+    for name in ("channel_length", "repeats"):
+        if getattr(args, name) is not None:
+            config[name] = getattr(args, name)
+    if config["m"] < config["classes"]:
+        raise CLIError(
+            f"--m {config['m']} is smaller than --classes {config['classes']}: "
+            "every class needs a sample"
+        )
+    if args.memory_layers is not None:
+        depths = [d for d in args.memory_layers if d > 0]
+        config["memory"] = {**config["memory"], "layers": depths} if depths else None
+    out = _writable_folder(args.out)
+    try:
+        payload = bench.run_benchmark(config, tolerance=args.tolerance)
+    except RuntimeError as err:
+        raise CLIError(str(err)) from err
+    sys.stdout.write(bench.summary_text(payload) + "\n")
+    json_path, png_path = bench.write_results(payload, out)
+    sys.stdout.write(f"\nwrote {json_path} and {png_path}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``redunet`` command; returns the exit status."""
     parser = build_parser()
@@ -800,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_finetune(args)
         if args.command == "plot":
             return _run_plot(args)
+        if args.command == "bench":
+            return _run_bench(args)
         return _run_evaluate(args)
     except (CLIError, ValueError, TypeError, OSError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

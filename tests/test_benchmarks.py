@@ -6,47 +6,78 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def run_spectral(*args):
+def run_bench(tmp_path, *args):
     return subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_spectral.py"), "--quick", *args],
+        [
+            sys.executable,
+            "-m",
+            "redunet_jax.cli",
+            "bench",
+            "--quick",
+            "--out",
+            str(tmp_path),
+            *args,
+        ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=400,
         check=False,
     )
 
 
-def test_bench_spectral_quick_agrees_and_writes_json(tmp_path):
-    out = tmp_path / "bench_spectral.json"
-    done = run_spectral("--out", str(out))
+def test_redunet_bench_quick_agrees_and_writes_json_and_figure(tmp_path):
+    done = run_bench(tmp_path)
     assert done.returncode == 0, done.stderr
-    result = json.loads(out.read_text())
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert (tmp_path / "bench.png").stat().st_size > 1000
 
     checks = result["correctness"]
     assert checks and all(row["agree"] for row in checks)
-    dense_checked = [row for row in checks if "max_abs_diff_dense_vs_numpy" in row]
-    assert len(dense_checked) == len(result["config"]["dense_lengths"])
     for row in checks:
-        assert row["max_abs_diff_spectral_vs_numpy"] < 1e-3 * row["max_abs_move"]
+        assert set(row["max_abs_diff_vs_numpy"]) >= {"rfft", "fft"}
+        assert max(row["max_abs_diff_vs_numpy"].values()) < 1e-3 * row["max_abs_move"]
+    assert any("dense" in row["max_abs_diff_vs_numpy"] for row in checks)
     for row in result["comparison"]:
-        assert min(row["spectral_s"], row["dense_s"], row["numpy_s"]) > 0
-    for fit in result["scaling"].values():
-        assert len(fit["sizes"]) == len(fit["spectral_s"]) >= 2
-        assert math.isfinite(fit["exponent"])
-    memory = result["memory_2d"]
-    assert memory["layer_peak_rss_mib"] >= memory["baseline_peak_rss_mib"] > 0
-    assert memory["fits_4_gib"] and memory["layer_step_s"] > 0
+        assert min(row["rfft_s"], row["fft_s"], row["numpy_s"]) > 0
+    for by_path in result["scaling"].values():
+        assert math.isfinite(by_path["rfft"]["exponent"])
+
+    throughput = result["throughput"]
+    assert throughput["matmul_2048_float32_gflops"] > 0
+    for row in [*throughput["phases"].values(), throughput["layer"]]:
+        assert row["gflops"] > 0 and 0 < row["fraction_of_matmul"] < 1
+    # Deeper networks reuse the one compiled layer step.
+    assert set(result["compile"]["compiled_steps_by_num_layers"].values()) == {1}
+    rows = result["memory_2d"]["constructions"]
+    assert [row["num_layers"] for row in rows] == [1, 3]
+    assert rows[1]["network_mib"] == 3 * rows[0]["network_mib"] > 0
 
 
-def test_bench_spectral_exits_nonzero_when_paths_disagree(tmp_path):
-    out = tmp_path / "bench_spectral.json"
-    done = run_spectral("--tolerance", "0", "--out", str(out))
-    assert done.returncode != 0
-    assert "disagree" in done.stderr
-    assert not out.exists()
+def test_redunet_bench_fails_when_paths_disagree(tmp_path):
+    done = run_bench(tmp_path, "--tolerance", "0", "--memory-layers", "0")
+    assert done.returncode == 2
+    assert "disagree" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_numpy_loop_matches_the_library_layer():
+    """The baseline must compute the same layer, or the speed-up means nothing."""
+    from redunet_jax.bench import Case, fft_path, numpy_path, synthetic_signals
+
+    Z, y = synthetic_signals(Case(m=30, C=2, T=10, k=3))
+    results = {}
+    for name, (run, decode) in {
+        "numpy": numpy_path(Z, y, 3),
+        "fft": fft_path(Z, y, 3),
+    }.items():
+        results[name] = decode(run())
+    assert np.max(np.abs(results["numpy"] - Z)) > 1e-3
+    np.testing.assert_allclose(results["fft"], results["numpy"], atol=1e-6)
 
 
 def test_bench_vector_quick_agrees_and_writes_json(tmp_path):
