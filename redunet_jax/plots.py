@@ -11,9 +11,15 @@ from redunet_jax.io import atomic_write_bytes
 
 
 def _figure_module():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    # Headless by default, but a session that already uses pyplot (a notebook
+    # with inline figures) keeps its backend: the figures here are closed
+    # after saving, so they never show up there.
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     return plt
