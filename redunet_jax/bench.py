@@ -52,6 +52,7 @@ FULL = {
     "channel_grid": [4, 8, 16, 32, 64],
     "channel_length": 64,
     "dense_max_gib": 2.0,
+    "path_limit_s": 30.0,
     "memory": {"m": 1000, "C": 75, "size": 28, "k": 10, "layers": [1, 25]},
     "repeats": 3,
 }
@@ -63,6 +64,7 @@ QUICK = {
     "channel_grid": [2, 4],
     "channel_length": 16,
     "dense_max_gib": 0.5,
+    "path_limit_s": 30.0,
     "memory": {"m": 12, "C": 3, "size": 8, "k": 3, "layers": [1, 3]},
     "repeats": 2,
 }
@@ -305,22 +307,33 @@ def numpy_path(Z, y, k):
     return run, decode
 
 
-def dense_skip_reason(case: Case, max_bytes: float, previous) -> str | None:
-    """Why the dense layer is not run at ``case``, or ``None`` to run it.
-
-    ``previous`` is ``(T, seconds)`` of a warm dense call at a smaller T,
-    extrapolated as (CT)³.
-    """
-    needed = dense_bytes(case)
-    if needed > max_bytes:
+def _cost(name: str, case: Case) -> float:
+    """Relative cost model of a path, to extrapolate its time between cases."""
+    if name == "dense":
         return (
-            f"needs about {needed / 2**30:.1f} GiB (limit {max_bytes / 2**30:.1f} GiB)"
+            case.k * (case.C * case.T) ** 3 + case.m * case.k * (case.C * case.T) ** 2
+        )
+    return case.k * case.T * case.C**2 * (case.m + case.C)
+
+
+def skip_reason(
+    name: str, case: Case, *, max_bytes: float, max_seconds: float, previous
+) -> str | None:
+    """Why the ``dense`` or ``numpy`` path is not run at ``case`` (else ``None``).
+
+    ``previous`` is ``(case, seconds)`` of the last timed call of that path;
+    its time is extrapolated with the path's cost model.
+    """
+    if name == "dense" and dense_bytes(case) > max_bytes:
+        return (
+            f"needs about {dense_bytes(case) / 2**30:.1f} GiB "
+            f"(limit {max_bytes / 2**30:.1f} GiB)"
         )
     if previous is not None:
-        length, seconds = previous
-        predicted = seconds * (case.T / length) ** 3
-        if predicted > 60.0:
-            return f"predicted {predicted:.0f} s per layer (limit 60 s)"
+        before, seconds = previous
+        predicted = seconds * _cost(name, case) / _cost(name, before)
+        if predicted > max_seconds:
+            return f"predicted {predicted:.0f} s per call (limit {max_seconds:g} s)"
     return None
 
 
@@ -466,6 +479,9 @@ def memory_child(m: int, C: int, size: int, k: int, layers: int) -> None:
         jax.block_until_ready(net.layers)
         report["seconds"] = time.perf_counter() - start
         report["network_bytes"] = sum(leaf.nbytes for leaf in jax.tree.leaves(net))
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:  # accelerators report their own peak
+        report["device_peak_bytes"] = stats["peak_bytes_in_use"]
     sys.stdout.write(json.dumps(report) + "\n")
 
 
@@ -505,6 +521,7 @@ def measure_memory(m: int, C: int, size: int, k: int, layers) -> dict:
                 "above_baseline_mib": (peak - base_peak) / MIB,
                 "network_mib": report["network_bytes"] / MIB,
                 "construct_s": report["seconds"],
+                "device_peak_mib": report.get("device_peak_bytes", 0) / MIB or None,
             }
         )
     return {
@@ -523,40 +540,39 @@ def fit_exponent(sizes, seconds) -> float:
     return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
 
 
-def check_case(case: Case, dense_max_bytes: float, previous_dense, tolerance: float):
-    """Run every path once (compiling it) and compare outputs with NumPy's.
+def check_case(case: Case, skips: dict, tolerance: float):
+    """Run every path once (compiling it) and compare the outputs.
+
+    The reference is the float64 NumPy loop, or the full-FFT JAX path where
+    the NumPy loop is skipped (``skips`` maps path names to reasons).
 
     Returns:
       ``(row, paths)``: differences and first-call seconds, and the
       ``(run, decode)`` pairs by name, ready to time.
     """
     Z, y = synthetic_signals(case)
+    makers = {"rfft": rfft_path, "fft": fft_path, "dense": dense_path}
+    makers["numpy"] = numpy_path
     paths = {
-        "rfft": rfft_path(Z, y, case.k),
-        "fft": fft_path(Z, y, case.k),
-        "numpy": numpy_path(Z, y, case.k),
+        name: make(Z, y, case.k) for name, make in makers.items() if name not in skips
     }
-    row: dict = {"case": case._asdict()}
-    reason = dense_skip_reason(case, dense_max_bytes, previous_dense)
-    if reason is None:
-        paths["dense"] = dense_path(Z, y, case.k)
-    else:
-        row["dense_skipped"] = reason
+    row: dict = {"case": case._asdict(), "skipped": skips}
 
     outputs, first_call = {}, {}
     for name, (run, decode) in paths.items():
         start = time.perf_counter()
         outputs[name] = decode(run())
         first_call[name] = time.perf_counter() - start
-    reference = outputs["numpy"]
+    row["reference"] = "numpy" if "numpy" in outputs else "fft"
+    reference = outputs[row["reference"]]
     row["max_abs_move"] = float(np.max(np.abs(reference - Z)))
-    row["max_abs_diff_vs_numpy"] = {
+    row["max_abs_diff"] = {
         name: float(np.max(np.abs(out - reference)))
         for name, out in outputs.items()
-        if name != "numpy"
+        if name != row["reference"]
     }
     row["first_call_s"] = first_call
-    row["agree"] = all(d <= tolerance for d in row["max_abs_diff_vs_numpy"].values())
+    row["agree"] = all(d <= tolerance for d in row["max_abs_diff"].values())
     return row, paths
 
 
@@ -597,28 +613,41 @@ def run_benchmark(config: dict, *, tolerance: float = 1e-4, log=_stdout) -> dict
     load_start = os.getloadavg()
     clock = time.perf_counter()
 
-    checks, seconds, previous_dense = [], {}, None
+    checks, seconds, previous = [], {}, {}
     with single_threaded_lapack():
         for case in sorted(cases, key=lambda c: (c.C, c.T)):
-            row, paths = check_case(case, dense_max, previous_dense, tolerance)
+            skips = {}
+            for name in ("dense", "numpy"):
+                reason = skip_reason(
+                    name,
+                    case,
+                    max_bytes=dense_max,
+                    max_seconds=config["path_limit_s"],
+                    previous=previous.get((name, case.C)),
+                )
+                if reason is not None:
+                    skips[name] = reason
+            row, paths = check_case(case, skips, tolerance)
             diffs = "  ".join(
-                f"{name} {d:.1e}" for name, d in row["max_abs_diff_vs_numpy"].items()
+                f"{name} {d:.1e}" for name, d in row["max_abs_diff"].items()
             )
-            log(f"check {case}: max |diff| vs numpy: {diffs}")
+            log(f"check {case}: max |diff| vs {row['reference']}: {diffs}")
             checks.append(row)
             if not row["agree"]:
                 raise RuntimeError(
                     f"layer outputs disagree beyond {tolerance:g} at {case}: "
-                    f"{row['max_abs_diff_vs_numpy']}"
+                    f"{row['max_abs_diff']} against {row['reference']}"
                 )
             seconds[case] = {
                 name: best_of(run, repeats) for name, (run, _) in paths.items()
             }
-            if "dense" in seconds[case]:
-                previous_dense = (case.T, seconds[case]["dense"])
+            for name in ("dense", "numpy"):
+                if name in seconds[case]:
+                    previous[(name, case.C)] = (case, seconds[case][name])
             log(
                 f"time  {case}: "
                 + "  ".join(f"{n} {s * 1e3:.1f} ms" for n, s in seconds[case].items())
+                + "".join(f"  ({n} skipped: {r})" for n, r in skips.items())
             )
 
         headline = max(T_cases, key=lambda c: (c.T <= 256, c.T))
@@ -694,7 +723,7 @@ def run_benchmark(config: dict, *, tolerance: float = 1e-4, log=_stdout) -> dict
     summary = {
         "headline_case": headline._asdict(),
         "rfft_s": step_s,
-        "speedup_vs_numpy": headline_row["speedup"]["numpy"],
+        "speedup_vs_numpy": headline_row["speedup"].get("numpy"),
         "speedup_vs_fft": headline_row["speedup"]["fft"],
         "largest_dense_T": None if largest_dense is None else largest_dense.T,
         "speedup_vs_dense_at_largest_T": None
@@ -767,13 +796,20 @@ def summary_text(payload: dict) -> str:
         f"{'case':28s} {'rfft':>8s} {'fft':>9s} {'dense':>10s} {'numpy':>9s}"
         f" {'numpy/rfft':>10s} {'dense/rfft':>10s}"
     )
+
+    def ms(row, name, width):
+        value = row.get(f"{name}_s")
+        return f"{value * 1e3:{width}.2f}" if value else f"{'skipped':>{width}s}"
+
+    def ratio(row, name):
+        value = row["speedup"].get(name)
+        return f"{value:9.1f}x" if value else f"{'-':>10s}"
+
     for row in payload["comparison"]:
-        dense = row.get("dense_s")
         lines.append(
-            f"{row['label']:28s} {row['rfft_s'] * 1e3:8.2f} {row['fft_s'] * 1e3:9.2f} "
-            + (f"{dense * 1e3:10.1f} " if dense else f"{'skipped':>10s} ")
-            + f"{row['numpy_s'] * 1e3:9.1f} {row['speedup']['numpy']:9.1f}x "
-            + (f"{row['speedup']['dense']:9.1f}x" if dense else f"{'-':>10s}")
+            f"{row['label']:28s} {ms(row, 'rfft', 8)} {ms(row, 'fft', 9)} "
+            f"{ms(row, 'dense', 10)} {ms(row, 'numpy', 9)} {ratio(row, 'numpy')} "
+            f"{ratio(row, 'dense')}"
         )
     s = payload["summary"]
     t = payload["throughput"]
