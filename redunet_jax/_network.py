@@ -31,7 +31,14 @@ from redunet_jax._circulant import (
     _build_circulant_with_rates,
     _move_circulant,
 )
-from redunet_jax._fourier import _bin_weights, _irfft, _rfft, check_signals
+from redunet_jax._fourier import (
+    _bin_weights,
+    _irfft,
+    _rfft,
+    check_signals,
+    weighted_sq_norm,
+)
+from redunet_jax._guards import DegeneracyGuard, layer_health, resolve_compute_dtype
 from redunet_jax._linalg import safe_norm, single_threaded_lapack
 from redunet_jax._rates import Rates, _vector_rates, paired_rates
 from redunet_jax._spectral_rates import _spectral_rates
@@ -44,7 +51,8 @@ class _Domain(NamedTuple):
     ``encode``/``decode`` move features into and out of that domain once per
     block of layers; ``build`` (operators and the rates of the features they
     were built from), ``move`` and ``rates`` work inside it. Each of ``build``
-    and ``rates`` factors its matrices in one batched call.
+    and ``rates`` factors its matrices in one batched call. ``sq_norm`` gives
+    the squared norm of every encoded sample (over the whole signal).
     """
 
     encode: Callable
@@ -52,6 +60,11 @@ class _Domain(NamedTuple):
     build: Callable
     move: Callable
     rates: Callable
+    sq_norm: Callable
+
+
+def _vector_sq_norm(Z):
+    return jnp.sum(Z * Z, axis=-1)
 
 
 def _identity(Z):
@@ -61,7 +74,14 @@ def _identity(Z):
 def _domain(signal_shape: tuple[int, ...] | None) -> _Domain:
     """Layer functions for vectors (``None``) or signals of a given shape."""
     if signal_shape is None:
-        return _Domain(_identity, _identity, _build_with_rates, _move, _vector_rates)
+        return _Domain(
+            _identity,
+            _identity,
+            _build_with_rates,
+            _move,
+            _vector_rates,
+            _vector_sq_norm,
+        )
     positions = math.prod(signal_shape)
     weights = jnp.asarray(_bin_weights(signal_shape))
 
@@ -77,7 +97,12 @@ def _domain(signal_shape: tuple[int, ...] | None) -> _Domain:
         )
 
     return _Domain(
-        _rfft, partial(_irfft, signal_shape=signal_shape), build, move, rates
+        _rfft,
+        partial(_irfft, signal_shape=signal_shape),
+        build,
+        move,
+        rates,
+        partial(weighted_sq_norm, weights=weights),
     )
 
 
@@ -128,18 +153,30 @@ class ReduNet:
         """``(T,)`` or ``(H, W)`` for shift-invariant networks, else ``None``."""
         return self.input_shape[1:] if self.invariant else None
 
+    @property
+    def dtype(self) -> np.dtype:
+        """Real compute dtype of the layers (float32, or float64 under x64)."""
+        return np.dtype(self.layers.gamma.dtype)
+
 
 def normalize(Z: ArrayLike) -> jax.Array:
     """Scale every sample (row) of ``Z`` to unit Euclidean norm (zeros stay zero).
 
     Each sample is first divided by its largest magnitude, so that the sum of
     squares neither overflows nor underflows for samples of any scale.
+    bfloat16 and float16 samples are scaled in float32 and rounded once at the
+    end, so the result keeps the dtype of ``Z`` (integers give the default
+    float type) with at most one rounding error per entry.
     """
     Z = jnp.asarray(Z)
+    floating = jnp.issubdtype(Z.dtype, jnp.floating)
+    out_dtype = Z.dtype if floating else jnp.result_type(float)
+    Z = Z.astype(jnp.promote_types(out_dtype, jnp.float32))
     axes = tuple(range(1, Z.ndim))
     peak = jnp.max(jnp.abs(Z), axis=axes, keepdims=True)
     Z = Z / jnp.where(peak > 0, peak, 1.0)
-    return Z / jnp.expand_dims(safe_norm(Z, axis=axes, floor=NORM_FLOOR), axes)
+    Z = Z / jnp.expand_dims(safe_norm(Z, axis=axes, floor=NORM_FLOOR), axes)
+    return Z.astype(out_dtype)
 
 
 @partial(jax.jit, static_argnames=("use_labels", "signal_shape"))
@@ -148,12 +185,15 @@ def _construction_step(Z, Pi, eps_sq, eta, lam, *, use_labels: bool, signal_shap
     domain = _domain(signal_shape)
     layer, rates = domain.build(Z, Pi, eps_sq)
     Z_next, _ = domain.move(layer, Z, eta, lam, Pi if use_labels else None)
-    return layer, Z_next, rates
+    health = layer_health(Z, Pi, domain.sq_norm, operators=(layer[0], layer[1]))
+    return layer, Z_next, rates, health
 
 
 @partial(jax.jit, static_argnames=("signal_shape",))
 def _rates_step(Z, Pi, eps_sq, *, signal_shape):
-    return _domain(signal_shape).rates(Z, Pi, eps_sq)
+    """Rates of ``Z`` and its :func:`layer_health` (without operators)."""
+    domain = _domain(signal_shape)
+    return domain.rates(Z, Pi, eps_sq), layer_health(Z, Pi, domain.sq_norm)
 
 
 def construct(
@@ -167,6 +207,8 @@ def construct(
     lam: float = 500.0,
     invariant: bool = False,
     use_labels: bool = False,
+    compute_dtype=None,
+    on_degenerate: str = "raise",
     callback: Callable[[int, Rates], None] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
@@ -202,6 +244,20 @@ def construct(
       use_labels: move training features with their true memberships (the
         paper's variant) instead of the estimated ``pihat`` (the reference
         behaviour, which moves training and test data through the same map).
+      compute_dtype: dtype of the covariances, factorizations and
+        log-determinants, and of the whole construction: ``jnp.float32`` or
+        ``jnp.float64`` (the latter needs ``jax_enable_x64``). Default: float64
+        for float64 inputs under x64, else float32; bfloat16 and float16 inputs
+        are always computed in float32 or wider. The network and the returned
+        features are in this dtype (``net.dtype``).
+      on_degenerate: what to do when the features of a class with at least 2
+        samples, or of the whole set, collapse onto one point (all identical
+        or all zero, to within 16 rounding units; a single all-zero sample is
+        fine): ``"raise"`` (default) a ``ValueError`` naming the layer, the
+        class and the cause, ``"warn"`` once per class and continue, or
+        ``"ignore"``. A failed factorization (non-finite log-determinants or
+        operators) always raises, since no later layer could be built. The
+        checks are computed inside the compiled layer step.
       callback: called as ``callback(layer_index, rates)`` after each layer with
         the rates of the new training features under the true labels. When a
         run resumes from a checkpoint it is first called for the restored
@@ -224,8 +280,12 @@ def construct(
 
     Raises:
       ValueError: for wrong shapes, labels out of range, non-finite inputs,
-        ``eps_sq <= 0``, ``num_layers < 1``, ``num_classes < 2``, or if a layer
-        produces non-finite features; for a checkpoint that is corrupted
+        ``eps_sq <= 0``, ``num_layers < 1``, ``num_classes < 2``, an
+        unsupported ``compute_dtype`` (float64 without ``jax_enable_x64``), if a
+        layer produces non-finite features or a factorization fails, or (with
+        ``on_degenerate="raise"``) if features collapse, e.g. ``"layer 7: all 40
+        samples of class 2 are identical (features collapsed); ..."``; for a
+        checkpoint that is corrupted
         (checksum mismatch), truncated, from another library version, for other
         inputs or settings, or longer than ``num_layers`` (the message names
         the file and the cause).
@@ -255,10 +315,12 @@ def construct(
     y = check_labels(labels, "labels", m=X.shape[0], num_classes=num_classes)
     signal_shape = tuple(X.shape[2:]) if invariant else None
     domain = _domain(signal_shape)
+    dtype = resolve_compute_dtype(compute_dtype, X.dtype)
+    guard = DegeneracyGuard(on_degenerate, dtype=dtype)
 
-    Z = domain.encode(normalize(X))
-    Pi = jax.nn.one_hot(y, num_classes, dtype=X.dtype)
-    hyper = [jnp.asarray(v, X.dtype) for v in (eps_sq, eta, lam)]
+    Z = domain.encode(_normalized_as(X, dtype))
+    Pi = jax.nn.one_hot(y, num_classes, dtype=dtype)
+    hyper = [jnp.asarray(v, dtype) for v in (eps_sq, eta, lam)]
     step = partial(_construction_step, use_labels=use_labels, signal_shape=signal_shape)
     checkpoints = None
     if checkpoint_dir is not None or checkpoint_every is not None:
@@ -286,19 +348,24 @@ def construct(
     # output, from the factorization that builds its operators.
     layers, history = [], []
     if checkpoints is not None:
-        spec = jax.eval_shape(step, Z, Pi, *hyper)
+        spec = jax.eval_shape(step, Z, Pi, *hyper)[:3]
         layers, Z, restored = checkpoints.restore(Z, spec, num_layers=num_layers)
         for index, rates in enumerate(restored):
             report(index, rates)
     with single_threaded_lapack():
         for index in range(len(layers), num_layers):
-            layer, Z, rates = step(Z, Pi, *hyper)
+            layer, Z, rates, health = step(Z, Pi, *hyper)
+            # One transfer for both (the rates' host copy is then reused).
+            health, _ = jax.device_get((health, rates))
+            guard.check(health, produced_by=index - 1, built=index)
             if index > 0:
                 report(index - 1, rates)
             layers.append(layer)
             if checkpoints is not None and checkpoints.due(len(layers)):
                 checkpoints.save(layers, Z, history)
-        final = _rates_step(Z, Pi, hyper[0], signal_shape=signal_shape)
+        final, health = _rates_step(Z, Pi, hyper[0], signal_shape=signal_shape)
+        health, _ = jax.device_get((health, final))
+        guard.check(health, produced_by=num_layers - 1, built=None)
         report(num_layers - 1, final)
     if checkpoints is not None:
         checkpoints.save(layers, Z, history)
@@ -327,20 +394,33 @@ def _check_input(net: ReduNet, X) -> jax.Array:
     return X
 
 
+def _normalized_as(X, dtype) -> jax.Array:
+    """Unit-norm ``X`` in ``dtype``, normalized in the wider of the two dtypes.
+
+    Narrow inputs are widened before the scaling (so bfloat16 inputs do not
+    carry a bfloat16 rounding into float32 layers); wider ones are scaled
+    first, so that float64 values beyond the float32 range still normalize.
+    """
+    X = jnp.asarray(X)
+    return normalize(X.astype(jnp.promote_types(X.dtype, dtype))).astype(dtype)
+
+
 def encoded_forward(layers, X, *, signal_shape, eta, lam, num_classes: int):
     """Scan stacked layers over normalized inputs; features stay encoded.
 
     Returns the output features in the layers' domain (rfft coefficients for
-    shift-invariant layers) and the last layer's (m, k) ``pihat``.
+    shift-invariant layers) and the last layer's (m, k) ``pihat``, computed in
+    the layers' dtype.
     """
     domain = _domain(signal_shape)
+    dtype = layers.gamma.dtype
 
     def body(carry, layer):
         Z_next, pihat = domain.move(layer, carry[0], eta, lam)
         return (Z_next, pihat), None
 
-    Z = domain.encode(normalize(X))
-    pihat = jnp.zeros((X.shape[0], num_classes), X.dtype)
+    Z = domain.encode(_normalized_as(X, dtype))
+    pihat = jnp.zeros((X.shape[0], num_classes), dtype)
     (Z, pihat), _ = jax.lax.scan(body, (Z, pihat), layers)
     return Z, pihat
 
@@ -366,7 +446,9 @@ def transform(net: ReduNet, X) -> jax.Array:
       X: (m, *net.input_shape) inputs; scaled to unit norm first.
 
     Returns:
-      (m, *net.input_shape) output features on the unit sphere.
+      (m, *net.input_shape) output features on the unit sphere, in the
+      network's dtype ``net.dtype`` (its compute dtype), whatever the dtype of
+      ``X``.
 
     Raises:
       ValueError: if the sample shape differs from the network's or ``X`` holds
@@ -418,7 +500,8 @@ def _rates_scan(net: ReduNet, X, Pi):
         estimated = jax.nn.one_hot(jnp.argmax(pihat, axis=-1), k, dtype=Pi.dtype)
         return Z_next, paired_rates(domain.rates, Z_next, Pi, estimated, net.eps_sq)
 
-    _, (true, estimated) = jax.lax.scan(body, domain.encode(normalize(X)), net.layers)
+    Z = domain.encode(_normalized_as(X, Pi.dtype))
+    _, (true, estimated) = jax.lax.scan(body, Z, net.layers)
     return true, estimated
 
 
@@ -434,15 +517,19 @@ def rates_per_layer(net: ReduNet, X, labels) -> dict[str, Rates]:
       A dict with ``"input"`` (rates of the normalized inputs, scalars),
       ``"true"`` and ``"estimated"``: ``Rates`` of shape (L,) for the output of
       each layer, under the true labels and under ``argmax pihat`` of that layer.
+      All are computed in the network's dtype ``net.dtype``.
     """
     X = _check_input(net, X)
     y = check_labels(labels, "labels", m=X.shape[0], num_classes=net.num_classes)
-    Pi = jax.nn.one_hot(y, net.num_classes, dtype=X.dtype)
+    Pi = jax.nn.one_hot(y, net.num_classes, dtype=net.dtype)
     domain = _domain(net.signal_shape)
     with single_threaded_lapack():
         true, estimated = _rates_scan(net, X, Pi)
-        start = _rates_step(
-            domain.encode(normalize(X)), Pi, net.eps_sq, signal_shape=net.signal_shape
+        start, _ = _rates_step(
+            domain.encode(_normalized_as(X, net.dtype)),
+            Pi,
+            net.eps_sq,
+            signal_shape=net.signal_shape,
         )
         jax.block_until_ready((true, estimated, start))
     return {"input": start, "true": true, "estimated": estimated}

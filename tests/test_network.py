@@ -42,8 +42,15 @@ def test_two_hundred_layers_compile_the_step_once():
     X, y = blobs(9, 7, 3, seed=2)  # a shape used by no other test
     before = _construction_step._cache_size()
     calls = []
+    # Class 0 of this tight data collapses onto one point after about 10
+    # layers; only the compilation count matters here.
     net, _ = construct(
-        X, y, num_classes=3, num_layers=200, callback=lambda i, r: calls.append(i)
+        X,
+        y,
+        num_classes=3,
+        num_layers=200,
+        on_degenerate="ignore",
+        callback=lambda i, r: calls.append(i),
     )
     assert _construction_step._cache_size() == before + 1
     assert calls == list(range(200))
