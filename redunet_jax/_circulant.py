@@ -43,13 +43,21 @@ class CirculantLayer(NamedTuple):
 
 
 def _layer_from_covariances(
-    stacked: jax.Array, m_j: jax.Array, m, eps_sq, weights: jax.Array, num_positions
+    stacked: jax.Array,
+    m_j: jax.Array,
+    m,
+    eps_sq,
+    weights: jax.Array,
+    num_positions,
+    factor=scaled_inverse_and_logdet,
 ) -> tuple[CirculantLayer, Rates]:
     """Blocks and rates from the (k + 1, F, C, C) covariances, one factorization.
 
     With the orthonormal DFT the 1/T of the dense operators cancels against the
     T of the block-diagonalized covariance, so the blocks do not depend on
-    ``num_positions``; the rates, an average over frequencies, do.
+    ``num_positions``; the rates, an average over frequencies, do. ``factor``
+    has the contract of ``scaled_inverse_and_logdet`` (sharded construction
+    passes one that splits the batch across devices).
     """
     C = stacked.shape[-1]
     real = jnp.finfo(stacked.dtype).dtype
@@ -60,7 +68,7 @@ def _layer_from_covariances(
     # E is the "class" whose membership is all ones: factoring the k + 1 stacks
     # in one batched Cholesky call also avoids a CPU scheduling hang seen with
     # two concurrent batched factorizations in one compiled step.
-    operators, logdets = scaled_inverse_and_logdet(stacked, scales)
+    operators, logdets = factor(stacked, scales)
 
     C_hat = jnp.where((m_j > 0)[:, None, None, None], operators[1:], 0.0)
     layer = CirculantLayer(E_hat=operators[0], C_hat=C_hat, gamma=m_j / m)
