@@ -28,6 +28,7 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -239,7 +240,7 @@ class Checkpointer:
         self.saved = count
         return Restored(layers, jnp.asarray(arrays["Z"]), rates)
 
-    def save(self, layers: list, Z, rates: list[Rates]) -> None:
+    def save(self, layers: Sequence, Z, rates: list[Rates]) -> None:
         """Checkpoint ``layers`` (all completed so far) and the features ``Z``.
 
         ``rates`` holds the rates reported so far; those of the layers before

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -40,7 +40,9 @@ from redunet_jax._fourier import (
 )
 from redunet_jax._guards import DegeneracyGuard, layer_health, resolve_compute_dtype
 from redunet_jax._linalg import safe_norm, single_threaded_lapack
+from redunet_jax._packed import packed_forward, packed_layer_step, plan_blocks
 from redunet_jax._rates import Rates, _vector_rates, paired_rates
+from redunet_jax._sharded import check_mesh, sharded_construction_step
 from redunet_jax._spectral_rates import _spectral_rates
 from redunet_jax._vector import NORM_FLOOR, VectorLayer, _build_with_rates, _move
 
@@ -179,12 +181,32 @@ def normalize(Z: ArrayLike) -> jax.Array:
     return Z.astype(out_dtype)
 
 
-@partial(jax.jit, static_argnames=("use_labels", "signal_shape"))
-def _construction_step(Z, Pi, eps_sq, eta, lam, *, use_labels: bool, signal_shape):
-    """Build a layer from ``Z``, move ``Z``; also returns the rates of ``Z``."""
+@partial(jax.jit, static_argnames=("use_labels", "signal_shape", "block"))
+def _construction_step(
+    Z, Pi, eps_sq, eta, lam, plan=None, *, use_labels: bool, signal_shape, block=None
+):
+    """Build a layer from ``Z``, move ``Z``; also returns the rates of ``Z``.
+
+    Shift-invariant layers given a ``plan`` (class-sorted sample blocks, see
+    ``_packed.plan_blocks``) take the packed real fast path.
+    """
     domain = _domain(signal_shape)
-    layer, rates = domain.build(Z, Pi, eps_sq)
-    Z_next, _ = domain.move(layer, Z, eta, lam, Pi if use_labels else None)
+    if plan is not None and signal_shape is not None:
+        layer, Z_next, rates = packed_layer_step(
+            Z,
+            Pi,
+            eps_sq,
+            eta,
+            lam,
+            jnp.asarray(_bin_weights(signal_shape), Z.real.dtype),
+            math.prod(signal_shape),
+            plan,
+            block=block,
+            use_labels=use_labels,
+        )
+    else:
+        layer, rates = domain.build(Z, Pi, eps_sq)
+        Z_next, _ = domain.move(layer, Z, eta, lam, Pi if use_labels else None)
     health = layer_health(Z, Pi, domain.sq_norm, operators=(layer[0], layer[1]))
     return layer, Z_next, rates, health
 
@@ -194,6 +216,56 @@ def _rates_step(Z, Pi, eps_sq, *, signal_shape):
     """Rates of ``Z`` and its :func:`layer_health` (without operators)."""
     domain = _domain(signal_shape)
     return domain.rates(Z, Pi, eps_sq), layer_health(Z, Pi, domain.sq_norm)
+
+
+@partial(jax.jit, donate_argnums=0)
+def _write_layer(stacked, layer, index):
+    """Write one layer into the stacked buffers in place (they are donated)."""
+    return jax.tree.map(
+        lambda buffer, leaf: jax.lax.dynamic_update_index_in_dim(
+            buffer, leaf, index, 0
+        ),
+        stacked,
+        layer,
+    )
+
+
+class _LayerStack(Sequence):
+    """Layers written one by one into preallocated stacked buffers.
+
+    Stacking a list of layers at the end would hold every layer twice; here
+    each new layer is copied into buffers of the final (L, ...) shapes, which
+    are donated to the update, so the network is held once (plus one layer).
+    Reads as a list of layers too (``len`` and slices), for checkpoints.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.size = 0
+        self.buffers = None
+
+    def append(self, layer) -> None:
+        if self.buffers is None:
+            self.buffers = jax.tree.map(
+                lambda leaf: jnp.zeros((self.capacity, *leaf.shape), leaf.dtype), layer
+            )
+        self.buffers = _write_layer(self.buffers, layer, self.size)
+        self.size += 1
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.size))]
+        if not -self.size <= index < self.size:
+            raise IndexError(index)
+        return jax.tree.map(lambda buffer: buffer[index % self.size], self.buffers)
+
+    def stacked(self):
+        """The (L, ...) stacked layers; the stack must be full."""
+        assert self.size == self.capacity and self.buffers is not None
+        return self.buffers
 
 
 def construct(
@@ -207,11 +279,13 @@ def construct(
     lam: float = 500.0,
     invariant: bool = False,
     use_labels: bool = False,
+    chunk_size: int | None = None,
     compute_dtype=None,
     on_degenerate: str = "raise",
     callback: Callable[[int, Rates], None] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[ReduNet, jax.Array]:
     r"""Construct a ReduNet by forward propagation, one closed-form layer per step.
 
@@ -244,6 +318,12 @@ def construct(
       use_labels: move training features with their true memberships (the
         paper's variant) instead of the estimated ``pihat`` (the reference
         behaviour, which moves training and test data through the same map).
+      chunk_size: samples per block of the shift-invariant fast path (default:
+        chosen in [16, 32] to pad the classes least). Each class is padded
+        with zero samples to whole blocks; a layer visits one block at a time,
+        so besides the features and the operators it holds one block's
+        (F, b, 2(k + 1)C) intermediates. Smaller blocks use less memory,
+        larger ones pad more; ignored for vector networks.
       compute_dtype: dtype of the covariances, factorizations and
         log-determinants, and of the whole construction: ``jnp.float32`` or
         ``jnp.float64`` (the latter needs ``jax_enable_x64``). Default: float64
@@ -273,6 +353,16 @@ def construct(
       checkpoint_every: write a checkpoint after every ``checkpoint_every``
         completed layers (default 1 with ``checkpoint_dir``). Each checkpoint
         writes the new layers and the features ``Z`` (m × d values).
+      mesh: a one-axis ``jax.sharding.Mesh`` (e.g.
+        ``jax.make_mesh((jax.device_count(),), ("data",))``) to construct on
+        several devices, or several hosts after ``jax.distributed.initialize``.
+        The samples (rows of Z; class-pure blocks for ``invariant=True``) are
+        split across the devices for the covariance sums (an all-reduce), the
+        k + 1 matrices (times F frequencies) are split for the factorization,
+        and every device moves its own samples. The network and the features
+        are replicated on the mesh's devices and equal the single-device
+        result up to the rounding of the summation order. Default ``None``:
+        the default device.
 
     Returns:
       ``(net, Z)``: the network and the output training features, of the shape
@@ -288,8 +378,9 @@ def construct(
         checkpoint that is corrupted
         (checksum mismatch), truncated, from another library version, for other
         inputs or settings, or longer than ``num_layers`` (the message names
-        the file and the cause).
-      TypeError: for non-numeric inputs or non-integer labels.
+        the file and the cause); for a ``mesh`` with more than one axis.
+      TypeError: for non-numeric inputs or non-integer labels, or a ``mesh``
+        that is not a ``jax.sharding.Mesh``.
 
     References:
       ReduNet (JMLR 2022), Algorithm 1.
@@ -304,6 +395,10 @@ def construct(
     """
     num_classes = check_int(num_classes, "num_classes", minimum=2)
     num_layers = check_int(num_layers, "num_layers", minimum=1)
+    if mesh is not None:
+        mesh = check_mesh(mesh)
+    if chunk_size is not None:
+        chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
     eps_sq = check_positive(check_float32(eps_sq, "eps_sq"), "eps_sq")
     eta = check_positive(check_float32(eta, "eta"), "eta")
     lam = check_float32(lam, "lam")
@@ -322,6 +417,19 @@ def construct(
     Pi = jax.nn.one_hot(y, num_classes, dtype=dtype)
     hyper = [jnp.asarray(v, dtype) for v in (eps_sq, eta, lam)]
     step = partial(_construction_step, use_labels=use_labels, signal_shape=signal_shape)
+    if invariant:
+        blocks = plan_blocks(np.asarray(y), num_classes, chunk_size)
+        plan = tuple(jnp.asarray(a) for a in blocks[:3])
+        step = partial(step, plan=plan, block=blocks.block)
+    if mesh is not None:
+        step = sharded_construction_step(
+            mesh,
+            np.asarray(y),
+            num_classes=num_classes,
+            use_labels=use_labels,
+            signal_shape=signal_shape,
+            chunk_size=chunk_size,
+        )
     checkpoints = None
     if checkpoint_dir is not None or checkpoint_every is not None:
         # Imported here: the checkpoint module reads files through io, which
@@ -346,10 +454,13 @@ def construct(
 
     # Each step returns the rates of its input, i.e. of the previous layer's
     # output, from the factorization that builds its operators.
-    layers, history = [], []
+    layers, history = _LayerStack(num_layers), []
     if checkpoints is not None:
         spec = jax.eval_shape(step, Z, Pi, *hyper)[:3]
-        layers, Z, restored = checkpoints.restore(Z, spec, num_layers=num_layers)
+        saved, Z, restored = checkpoints.restore(Z, spec, num_layers=num_layers)
+        for layer in saved:
+            layers.append(layer)
+        del saved
         for index, rates in enumerate(restored):
             report(index, rates)
     with single_threaded_lapack():
@@ -370,9 +481,8 @@ def construct(
     if checkpoints is not None:
         checkpoints.save(layers, Z, history)
 
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
     net = ReduNet(
-        layers=stacked,
+        layers=layers.stacked(),
         eta=eta,
         lam=lam,
         eps_sq=eps_sq,
@@ -427,6 +537,20 @@ def encoded_forward(layers, X, *, signal_shape, eta, lam, num_classes: int):
 
 @jax.jit
 def _forward(net: ReduNet, X):
+    if net.invariant:
+        # The packed real layout (see ``_packed``): the same map as
+        # ``encoded_forward``, several times faster on CPU.
+        signal_shape = net.signal_shape
+        assert signal_shape is not None
+        dtype = net.layers.gamma.dtype
+        Z_hat, pihat = packed_forward(
+            net.layers,
+            _rfft(normalize(X).astype(dtype)),
+            jnp.asarray(_bin_weights(signal_shape), dtype),
+            net.eta,
+            net.lam,
+        )
+        return _irfft(Z_hat, signal_shape), pihat
     Z, pihat = encoded_forward(
         net.layers,
         X,
