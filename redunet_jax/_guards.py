@@ -193,9 +193,9 @@ class DegeneracyGuard:
         if built is not None and not np.all(finite > 0):
             group = int(np.argmin(finite))
             matrix = (
-                "I + alpha Z^T Z (all samples)"
+                "I + alpha Sigma of all samples (expansion E)"
                 if group == 0
-                else f"I + alpha_j Z^T diag(Pi_j) Z of class {group - 1}"
+                else f"I + alpha_j Sigma_j of class {group - 1} (compression C_j)"
             )
             raise ValueError(
                 f"layer {built}: the Cholesky factorization of {matrix} failed "
