@@ -315,8 +315,20 @@ def sharded_construction_step(
         block=block,
     )
 
+    # The memberships and hyperparameters are the same objects at every layer:
+    # they are placed on the mesh once.
+    placed: dict[int, tuple] = {}
+
+    def place(position, x):
+        if position in placed and placed[position][0] is x:
+            return placed[position][1]
+        on_mesh = _place(x, replicated)
+        if is_concrete(x):
+            placed[position] = (x, on_mesh)
+        return on_mesh
+
     def sharded_step(Z, Pi, eps_sq, eta, lam):
-        args = [_place(x, replicated) for x in (Z, Pi, eps_sq, eta, lam)]
+        args = [place(i, x) for i, x in enumerate((Z, Pi, eps_sq, eta, lam))]
         return step(*args, plan)
 
     return sharded_step
