@@ -181,9 +181,19 @@ def normalize(Z: ArrayLike) -> jax.Array:
     return Z.astype(out_dtype)
 
 
-@partial(jax.jit, static_argnames=("use_labels", "signal_shape", "block"))
+@partial(jax.jit, static_argnames=("use_labels", "signal_shape", "block", "groups"))
 def _construction_step(
-    Z, Pi, eps_sq, eta, lam, plan=None, *, use_labels: bool, signal_shape, block=None
+    Z,
+    Pi,
+    eps_sq,
+    eta,
+    lam,
+    plan=None,
+    *,
+    use_labels: bool,
+    signal_shape,
+    block=None,
+    groups=None,
 ):
     """Build a layer from ``Z``, move ``Z``; also returns the rates of ``Z``.
 
@@ -203,6 +213,7 @@ def _construction_step(
             plan,
             block=block,
             use_labels=use_labels,
+            groups=groups,
         )
     else:
         layer, rates = domain.build(Z, Pi, eps_sq)
@@ -420,7 +431,7 @@ def construct(
     if invariant:
         blocks = plan_blocks(np.asarray(y), num_classes, chunk_size)
         plan = tuple(jnp.asarray(a) for a in blocks[:3])
-        step = partial(step, plan=plan, block=blocks.block)
+        step = partial(step, plan=plan, block=blocks.block, groups=blocks.groups)
     if mesh is not None:
         step = sharded_construction_step(
             mesh,

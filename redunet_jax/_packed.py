@@ -42,12 +42,16 @@ class BlockPlan(NamedTuple):
       block_class: (n,) class of every block (0 when the plan ignores
         classes).
       block: samples per block b.
+      groups: the classes in block order when every non-empty class holds
+        the same number of blocks (then class covariances are one batched
+        product per class), else ``None``.
     """
 
     order: np.ndarray
     inverse: np.ndarray
     block_class: np.ndarray
     block: int
+    groups: tuple[int, ...] | None = None
 
 
 def _padded(counts: np.ndarray, b: int) -> int:
@@ -105,7 +109,11 @@ def plan_blocks(labels, num_classes: int, chunk_size: int | None = None) -> Bloc
     order = np.concatenate(order)
     inverse = np.empty(m, np.int64)
     inverse[order[order < m]] = np.flatnonzero(order < m)
-    return BlockPlan(order, inverse, np.asarray(block_class, np.int32), b)
+    block_class = np.asarray(block_class, np.int32)
+    present, per_class = np.unique(block_class, return_counts=True)
+    uniform = bool(np.all(per_class == per_class[0]))
+    groups = tuple(int(j) for j in present) if uniform else None
+    return BlockPlan(order, inverse, block_class, b, groups)
 
 
 def plan_samples(m: int, chunk_size: int | None = None) -> BlockPlan:
@@ -133,16 +141,28 @@ def unpack(Yb: jax.Array, inverse: jax.Array) -> jax.Array:
     return jax.lax.complex(Y[:, :C], Y[:, C:])
 
 
-def packed_covariances(Yb: jax.Array, block_class: jax.Array, num_classes: int):
+#: Largest per-block Gram stack formed at once; larger ones are accumulated.
+GRAM_BYTES = 64 * 2**20
+
+
+def packed_covariances(
+    Yb: jax.Array, block_class: jax.Array, num_classes: int, *, groups=None
+):
     """Covariances of all samples and of every class from class-pure blocks.
 
-    The blocks are visited one at a time and each one's (F, 2C, 2C) Gram
-    matrices are added to its class, so no per-block array is ever stacked.
+    The classes partition the samples, so the k class covariances together
+    cost one covariance of all samples, and their sum is the covariance of
+    all samples. With ``groups`` (every class in it holds the same number of
+    consecutive blocks) each class is one batched product over its samples;
+    otherwise the per-block Gram matrices are summed by class, all at once
+    while they take at most ``GRAM_BYTES``, else one block at a time (so no
+    per-block array is ever stacked).
 
     Args:
       Yb: (n, F, b, 2C) packed blocks, each holding samples of one class.
       block_class: (n,) class of every block.
       num_classes: number of classes k.
+      groups: static tuple of the classes in block order, or ``None``.
 
     Returns:
       (k + 1, F, C, C) complex ``[Sigma, Sigma_1, ..., Sigma_k]``.
@@ -150,12 +170,25 @@ def packed_covariances(Yb: jax.Array, block_class: jax.Array, num_classes: int):
     n, F, b, C2 = Yb.shape
     C = C2 // 2
 
-    def add_block(G, block):
-        y, j = block
-        return G.at[j].add(jnp.einsum("pia,pib->pab", y, y)), None
+    if groups is not None:
+        g = len(groups)
+        Yc = Yb.reshape(g, n // g, F, b, C2).transpose(0, 2, 1, 3, 4)
+        Yc = Yc.reshape(g, F, -1, C2)
+        G = jnp.zeros((num_classes, F, C2, C2), Yb.dtype)
+        G = G.at[jnp.asarray(groups)].set(jnp.einsum("jpia,jpib->jpab", Yc, Yc))
+    elif n * F * C2 * C2 * Yb.dtype.itemsize <= GRAM_BYTES:
+        G = jax.ops.segment_sum(
+            jnp.einsum("npia,npib->npab", Yb, Yb), block_class, num_classes
+        )
+    else:
 
-    G = jnp.zeros((num_classes, F, C2, C2), Yb.dtype)
-    G, _ = jax.lax.scan(add_block, G, (Yb, block_class))
+        def add_block(G, block):
+            y, j = block
+            return G.at[j].add(jnp.einsum("pia,pib->pab", y, y)), None
+
+        G = jnp.zeros((num_classes, F, C2, C2), Yb.dtype)
+        G, _ = jax.lax.scan(add_block, G, (Yb, block_class))
+
     G = jnp.concatenate([jnp.sum(G, axis=0, keepdims=True), G])
     # For rows [x, u] of z = x + iu: z z^H = (x x' + u u') + i (u x' - x u').
     real = G[..., :C, :C] + G[..., C:, C:]
@@ -232,7 +265,18 @@ def pack_rows(rows: jax.Array, order: jax.Array, block: int) -> jax.Array:
 
 
 def packed_layer_step(
-    Z_hat, Pi, eps_sq, eta, lam, weights, num_positions, plan, *, block, use_labels
+    Z_hat,
+    Pi,
+    eps_sq,
+    eta,
+    lam,
+    weights,
+    num_positions,
+    plan,
+    *,
+    block,
+    use_labels,
+    groups=None,
 ):
     """Build a layer from ``Z_hat`` and move ``Z_hat`` through it, packed.
 
@@ -251,6 +295,7 @@ def packed_layer_step(
       plan: ``(order, inverse, block_class)`` arrays of a :class:`BlockPlan`.
       block: samples per block.
       use_labels: move with ``Pi`` instead of ``pihat``.
+      groups: static ``BlockPlan.groups``.
 
     Returns:
       ``(layer, Z_hat_next, rates)``: the ``CirculantLayer``, (m, C, F) output
@@ -261,7 +306,7 @@ def packed_layer_step(
     order, inverse, block_class = plan
     Pi = Pi.astype(jnp.finfo(Z_hat.dtype).dtype)
     Yb = pack(Z_hat, order, block)
-    stacked = packed_covariances(Yb, block_class, Pi.shape[1])
+    stacked = packed_covariances(Yb, block_class, Pi.shape[1], groups=groups)
     layer, rates = _layer_from_covariances(
         stacked, jnp.sum(Pi, axis=0), Z_hat.shape[0], eps_sq, weights, num_positions
     )

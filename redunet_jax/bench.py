@@ -139,6 +139,7 @@ def rfft_path(Z, y, k):
                 use_labels=False,
                 signal_shape=signal_shape,
                 block=blocks.block,
+                groups=blocks.groups,
             )
         )
 
@@ -394,7 +395,9 @@ def phase_seconds(Z, y, k, repeats: int) -> dict:
     eps_sq, eta, lam = _scalars()
 
     covariances = jax.jit(
-        lambda Zh: packed_covariances(pack(Zh, order, blocks.block), block_class, k)
+        lambda Zh: packed_covariances(
+            pack(Zh, order, blocks.block), block_class, k, groups=blocks.groups
+        )
     )
     factor = jax.jit(
         lambda S: _layer_from_covariances(S, m_j, Z.shape[0], eps_sq, weights, T)
@@ -813,10 +816,14 @@ def summary_text(payload: dict) -> str:
         )
     s = payload["summary"]
     t = payload["throughput"]
+    exponents = [
+        f"{axis}^{s[f'exponent_{axis}']:.2f}"
+        for axis in ("T", "C")
+        if s[f"exponent_{axis}"] is not None
+    ]
     lines += [
         "",
-        f"fitted exponents of the rfft step: T^{s['exponent_T']:.2f}, "
-        f"C^{s['exponent_C']:.2f}",
+        f"fitted exponents of the rfft step: {', '.join(exponents) or 'none'}",
         f"float32 2048² matmul {t['matmul_2048_float32_gflops']:.0f} GFLOP/s; "
         f"batched complex64 products {t['batched_complex64_gflops']:.0f} GFLOP/s",
     ]

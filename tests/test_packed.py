@@ -64,15 +64,21 @@ def test_automatic_block_pads_least():
     assert plan_samples(1000).block == 25 and plan_samples(10).block == 10
 
 
-def test_pack_round_trips_and_covariances_match_reference():
+@pytest.mark.parametrize("route", ["groups", "all_blocks", "one_block_at_a_time"])
+def test_pack_round_trips_and_covariances_match_reference(route, monkeypatch):
     Z_hat = coefficients(45, 3, (10,))
     y = uneven_labels(45, 4, seed=1)
+    if route == "groups":  # equal class sizes, so equal block counts
+        y = np.arange(45) % 3
     plan = plan_blocks(y, 4, 4)
+    assert (plan.groups is not None) == (route == "groups")
+    if route == "one_block_at_a_time":
+        monkeypatch.setattr("redunet_jax._packed.GRAM_BYTES", 0)
     Yb = pack(Z_hat, jnp.asarray(plan.order), plan.block)
     assert Yb.shape == (len(plan.block_class), 6, 4, 6)
     np.testing.assert_array_equal(unpack(Yb, jnp.asarray(plan.inverse)), Z_hat)
 
-    fast = packed_covariances(Yb, jnp.asarray(plan.block_class), 4)
+    fast = packed_covariances(Yb, jnp.asarray(plan.block_class), 4, groups=plan.groups)
     reference = fourier_covariances(Z_hat, jax.nn.one_hot(y, 4))
     np.testing.assert_allclose(fast, reference, atol=2e-6)
     assert float(jnp.abs(fast[-1]).max()) == 0.0  # empty class
@@ -99,6 +105,7 @@ def test_packed_layer_step_matches_build_then_move(signal_shape, use_labels):
         tuple(jnp.asarray(a) for a in plan[:3]),
         block=plan.block,
         use_labels=use_labels,
+        groups=plan.groups,
     )
     ref_layer, ref_rates = _build_circulant_with_rates(Z_hat, Pi, 0.1, weights, T)
     ref_next, _ = _move_circulant(
