@@ -131,6 +131,15 @@ class ReduNet:
       num_classes: number of classes k.
       input_shape: shape of one input sample: ``(d,)``, ``(C, T)`` or
         ``(C, H, W)``.
+
+    Example:
+      >>> import jax
+      >>> X = jax.random.normal(jax.random.key(0), (40, 3))
+      >>> net, _ = construct(X, (X[:, 0] > 0).astype(int), num_classes=2, num_layers=2)
+      >>> net.num_layers, net.input_shape, net.invariant, net.layers.C.shape
+      (2, (3,), False, (2, 2, 3, 3))
+      >>> [leaf.shape for leaf in jax.tree.leaves(net)]  # E, C and gamma only
+      [(2, 3, 3), (2, 2, 3, 3), (2, 2)]
     """
 
     layers: VectorLayer | CirculantLayer
@@ -169,6 +178,21 @@ def normalize(Z: ArrayLike) -> jax.Array:
     bfloat16 and float16 samples are scaled in float32 and rounded once at the
     end, so the result keeps the dtype of ``Z`` (integers give the default
     float type) with at most one rounding error per entry.
+
+    Args:
+      Z: (m, ...) samples; every axis after the first belongs to one sample.
+
+    Returns:
+      An array of the shape of ``Z`` whose samples have unit norm.
+
+    Raises:
+      TypeError: if ``Z`` is not numeric.
+
+    Example:
+      >>> import numpy as np
+      >>> print(np.asarray(normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))))
+      [[0.6 0.8]
+       [0.  0. ]]
     """
     Z = jnp.asarray(Z)
     floating = jnp.issubdtype(Z.dtype, jnp.floating)
@@ -600,7 +624,31 @@ def transform(net: ReduNet, X) -> jax.Array:
 
 
 def predict_proba(net: ReduNet, X) -> jax.Array:
-    """Soft memberships ``pihat`` (m, k) computed by the last layer of ``net``."""
+    """Soft memberships ``pihat`` (m, k) computed by the last layer of ``net``.
+
+    ``pihat_j(z) = softmax_j(-lam * ||C_j z||)`` for the features ``z``
+    entering the last layer; rows sum to 1.
+
+    Args:
+      net: a constructed network.
+      X: (m, *net.input_shape) inputs.
+
+    Returns:
+      (m, k) soft memberships.
+
+    Raises:
+      ValueError: if the sample shape differs from the network's or ``X`` holds
+        non-finite values.
+      TypeError: if ``X`` is not a real numeric array.
+
+    Example:
+      >>> import jax
+      >>> X = jax.random.normal(jax.random.key(0), (40, 3))
+      >>> net, _ = construct(X, (X[:, 0] > 0).astype(int), num_classes=2, num_layers=2)
+      >>> pihat = predict_proba(net, X)
+      >>> pihat.shape, bool(jax.numpy.allclose(pihat.sum(axis=1), 1.0, atol=1e-5))
+      ((40, 2), True)
+    """
     return _forward(net, _check_input(net, X))[1]
 
 
@@ -653,6 +701,23 @@ def rates_per_layer(net: ReduNet, X, labels) -> dict[str, Rates]:
       ``"true"`` and ``"estimated"``: ``Rates`` of shape (L,) for the output of
       each layer, under the true labels and under ``argmax pihat`` of that layer.
       All are computed in the network's dtype ``net.dtype``.
+
+    Raises:
+      ValueError: if the sample shape differs from the network's, ``X`` holds
+        non-finite values, or labels are out of range or of the wrong length.
+      TypeError: if ``X`` is not a real numeric array or the labels are not
+        integers.
+
+    Example:
+      >>> import jax
+      >>> X = jax.random.normal(jax.random.key(0), (40, 3))
+      >>> y = (X[:, 0] > 0).astype(int)
+      >>> net, _ = construct(X, y, num_classes=2, num_layers=2)
+      >>> rates = rates_per_layer(net, X, y)
+      >>> rates["input"].delta_r.shape, rates["true"].delta_r.shape
+      ((), (2,))
+      >>> bool((rates["true"].delta_r >= 0).all())  # true labels: ΔR >= 0
+      True
     """
     X = _check_input(net, X)
     y = check_labels(labels, "labels", m=X.shape[0], num_classes=net.num_classes)
