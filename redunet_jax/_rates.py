@@ -53,6 +53,16 @@ def class_counts(Pi: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     ``safe_m_j`` keeps ``alpha_j = d / (m_j eps_sq)`` finite for an empty class;
     such a class has a zero covariance, so its terms vanish regardless.
+
+    Args:
+      Pi: (m, k) memberships.
+
+    Returns:
+      ``(m_j, safe_m_j)``, both (k,).
+
+    Raises:
+      TypeError: from JAX, if ``Pi`` is not numeric; the values are not
+        validated here (the public functions check them).
     """
     m_j = jnp.sum(Pi, axis=0)
     return m_j, jnp.where(m_j > 0, m_j, 1.0)
@@ -66,6 +76,13 @@ def rates_from_logdets(averages: jax.Array, m_j: jax.Array, m) -> Rates:
         shift-invariant features); entry 0 is the whole set, then each class.
       m_j: (k,) class sizes; empty classes contribute zero.
       m: number of samples.
+
+    Returns:
+      ``Rates(delta_r, r, rc)`` as scalar arrays.
+
+    Raises:
+      TypeError: from JAX, if the shapes of ``averages`` and ``m_j`` do not
+        broadcast; they are not validated here.
     """
     r = 0.5 * averages[0]
     rc = jnp.sum(jnp.where(m_j > 0, m_j / (2.0 * m) * averages[1:], 0.0))
@@ -77,6 +94,21 @@ def paired_rates(rates_fn, Z, Pi_a, Pi_b, eps_sq) -> tuple[Rates, Rates]:
 
     Stacking the memberships (m, 2k) shares the covariance of the whole set;
     the class terms then split into the two sums.
+
+    Args:
+      rates_fn: a rates function ``rates_fn(Z, Pi, eps_sq, per_class=True)``
+        returning ``(r, per-class terms)``.
+      Z: features in the form ``rates_fn`` takes.
+      Pi_a: (m, k) first memberships (for example the true labels).
+      Pi_b: (m, k) second memberships (for example ``argmax pihat``).
+      eps_sq: distortion ``ε²``.
+
+    Returns:
+      ``(rates_a, rates_b)``: ``Rates`` under ``Pi_a`` and under ``Pi_b``.
+
+    Raises:
+      TypeError: from JAX, if the memberships do not have matching shapes;
+        they are not validated here.
     """
     k = Pi_a.shape[1]
     both = rates_fn(Z, jnp.concatenate([Pi_a, Pi_b], axis=1), eps_sq, per_class=True)
@@ -86,14 +118,38 @@ def paired_rates(rates_fn, Z, Pi_a, Pi_b, eps_sq) -> tuple[Rates, Rates]:
 
 
 def vector_covariances(Z: jax.Array, Pi: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Return ``Z^T Z`` (d, d) and ``Z^T diag(Pi_j) Z`` stacked as (k, d, d)."""
+    """Return ``Z^T Z`` (d, d) and ``Z^T diag(Pi_j) Z`` stacked as (k, d, d).
+
+    Args:
+      Z: (m, d) features.
+      Pi: (m, k) memberships.
+
+    Returns:
+      ``(full, per_class)``: (d, d) and (k, d, d) covariances.
+
+    Raises:
+      TypeError, ValueError: from JAX, if the shapes do not match; they are
+        not validated here.
+    """
     full = Z.T @ Z
     per_class = jnp.einsum("ij,ia,ib->jab", Pi, Z, Z)
     return full, per_class
 
 
 def vector_scales(Z: jax.Array, safe_m_j: jax.Array, eps_sq) -> jax.Array:
-    """``[alpha, alpha_1, ..., alpha_k]`` with ``alpha = d / (m eps_sq)``."""
+    """``[alpha, alpha_1, ..., alpha_k]`` with ``alpha = d / (m eps_sq)``.
+
+    Args:
+      Z: (m, d) features (only the shape is used).
+      safe_m_j: (k,) class sizes with zeros replaced by 1.
+      eps_sq: distortion ``ε²`` (> 0; not checked here).
+
+    Returns:
+      (k + 1,) scales, in the dtype of ``Z``.
+
+    Raises:
+      ValueError: if ``Z`` is not two-dimensional.
+    """
     m, d = Z.shape
     alpha = jnp.asarray(d / (m * eps_sq), Z.dtype)
     return jnp.concatenate([alpha[None], d / (safe_m_j * eps_sq)])
