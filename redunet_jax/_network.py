@@ -556,6 +556,23 @@ def encoded_forward(layers, X, *, signal_shape, eta, lam, num_classes: int):
     Returns the output features in the layers' domain (rfft coefficients for
     shift-invariant layers) and the last layer's (m, k) ``pihat``, computed in
     the layers' dtype.
+
+    Args:
+      layers: stacked ``VectorLayer`` or ``CirculantLayer`` (leading layer
+        axis).
+      X: (m, *input_shape) inputs, already validated.
+      signal_shape: ``(T,)`` or ``(H, W)`` for circulant layers, else None.
+      eta: step size.
+      lam: inverse temperature of ``pihat``.
+      num_classes: number of classes k.
+
+    Returns:
+      ``(Z, pihat)``: (m, d) or (m, C, F) encoded features and (m, k) ``pihat``.
+
+    Raises:
+      TypeError, ValueError: from JAX, if the shapes of ``X`` and ``layers``
+        do not match; inputs are not validated here (the public functions
+        check them), so that the function traces under ``jit`` and ``grad``.
     """
     domain = _domain(signal_shape)
     dtype = layers.gamma.dtype
@@ -661,6 +678,11 @@ def predict(net: ReduNet, X) -> jax.Array:
 
     Returns:
       (m,) int32 predicted labels.
+
+    Raises:
+      ValueError: if the sample shape differs from the network's or ``X`` holds
+        non-finite values.
+      TypeError: if ``X`` is not a real numeric array.
 
     Example:
       >>> import jax
