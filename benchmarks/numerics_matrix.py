@@ -43,16 +43,20 @@ carry one rounding of that dtype):
 ==============  ========  ========  ========
 quantity        bfloat16  float16   float32
 ==============  ========  ========  ========
-rates           1e-4      1e-4      1e-4
-normalize       8e-3      1e-3      1e-6
-construct       1e-3      1e-3      1e-3
-grad_rates      8e-3      1e-3      1e-4
+rates           5e-5      5e-5      5e-5
+normalize       4e-3      5e-4      1e-6
+construct       1e-4      1e-4      1e-4
+grad_rates      4e-3      5e-4      1e-4
 grad_finetune   1e-3      1e-3      1e-3
 ==============  ========  ========  ========
 
-With eps_sq = 1e-4 every float32 tolerance is multiplied by
-``SMALL_EPS_FACTOR`` (float32 loses accuracy when eps_sq < 1e-3: the matrices
-``I + alpha_j Sigma_j`` have condition numbers near d / (m_j eps_sq)).
+With eps_sq = 1e-4 every tolerance is multiplied by ``SMALL_EPS_FACTOR`` = 100
+(float32 loses accuracy when eps_sq < 1e-3: the matrices ``I + alpha_j
+Sigma_j`` have condition numbers near d / (m_j eps_sq)). The fine-tuning
+gradient of the two-sample vector network (case ``m=2``) is itself
+ill-conditioned: perturbing its float64 inputs by one float32 rounding (1e-7)
+moves the float64 gradient by about 1e-2, so its tolerance is multiplied by
+10 (``ILL_CONDITIONED``).
 
 Writes ``numerics_matrix.json`` and ``numerics_matrix.md`` to
 ``benchmarks/results/`` (or ``--out-dir``), prints the summary table and exits
@@ -98,13 +102,14 @@ from redunet_jax.nnx import ReduNetModule, rate_reduction_loss  # noqa: E402
 DTYPES = ("bfloat16", "float16", "float32")
 QUANTITIES = ("rates", "normalize", "construct", "grad_rates", "grad_finetune")
 TOLERANCES = {
-    "rates": {"bfloat16": 1e-4, "float16": 1e-4, "float32": 1e-4},
-    "normalize": {"bfloat16": 8e-3, "float16": 1e-3, "float32": 1e-6},
-    "construct": {"bfloat16": 1e-3, "float16": 1e-3, "float32": 1e-3},
-    "grad_rates": {"bfloat16": 8e-3, "float16": 1e-3, "float32": 1e-4},
+    "rates": {"bfloat16": 5e-5, "float16": 5e-5, "float32": 5e-5},
+    "normalize": {"bfloat16": 4e-3, "float16": 5e-4, "float32": 1e-6},
+    "construct": {"bfloat16": 1e-4, "float16": 1e-4, "float32": 1e-4},
+    "grad_rates": {"bfloat16": 4e-3, "float16": 5e-4, "float32": 1e-4},
     "grad_finetune": {"bfloat16": 1e-3, "float16": 1e-3, "float32": 1e-3},
 }
 SMALL_EPS_FACTOR = 100.0
+ILL_CONDITIONED = {("m=2", "grad_finetune"): 10.0}
 NUM_CLASSES = 3
 VECTOR_DIM = 8
 CHANNELS, LENGTH = 4, 8
@@ -300,8 +305,9 @@ def expected_error(case: str, dtype: str, quantity: str) -> str | None:
     return None
 
 
-def tolerance(quantity: str, dtype: str, eps_sq: float) -> float:
+def tolerance(case: str, quantity: str, dtype: str, eps_sq: float) -> float:
     factor = SMALL_EPS_FACTOR if eps_sq < 1e-3 else 1.0
+    factor *= ILL_CONDITIONED.get((case, quantity), 1.0)
     return TOLERANCES[quantity][dtype] * factor
 
 
@@ -314,7 +320,7 @@ def compare(kind, case, dtype, low, ref, eps_sq) -> list[dict]:
             "case": case,
             "dtype": dtype,
             "quantity": quantity,
-            "tolerance": tolerance(quantity, dtype, eps_sq),
+            "tolerance": tolerance(case, quantity, dtype, eps_sq),
             "max_error": None,
             "finite": None,
             "message": "",
@@ -363,7 +369,10 @@ def run(cases, num_layers: int) -> list[dict]:
         for case in cases:
             X64, y, eps_sq = make_case(kind, CASES[case])
             for dtype in DTYPES:
-                X = jnp.asarray(X64, dtype)
+                with warnings.catch_warnings():
+                    # 1e+30 overflows float16: reported as "not representable".
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    X = jnp.asarray(X64, dtype)
                 if not np.all(np.isfinite(np.asarray(X, np.float64))):
                     rows += unrepresentable(kind, case, dtype)
                     continue
@@ -452,6 +461,7 @@ def main(argv=None) -> int:
             "dtypes": list(DTYPES),
             "tolerances": TOLERANCES,
             "small_eps_factor": SMALL_EPS_FACTOR,
+            "ill_conditioned": {f"{c} {q}": f for (c, q), f in ILL_CONDITIONED.items()},
         },
         "environment": environment(),
         "seconds": elapsed,

@@ -98,3 +98,44 @@ def test_bench_vector_quick_agrees_and_writes_json(tmp_path):
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())["results"]
     assert rows and all(row["agree"] and row["speedup"] > 0 for row in rows)
+
+
+def test_numerics_matrix_quick_is_finite_within_tolerance(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "numerics_matrix.py"),
+            "--quick",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "| version | case | bfloat16 | float16 | float32 |" in done.stdout
+    result = json.loads((tmp_path / "numerics_matrix.json").read_text())
+    assert result["failures"] == 0
+    rows = result["results"]
+    cases = result["config"]["cases"]
+    assert len(rows) == 2 * len(cases) * 3 * 5  # versions, cases, dtypes, quantities
+    status = {(r["kind"], r["case"], r["dtype"], r["quantity"]): r for r in rows}
+    for kind in ("vector", "invariant"):
+        # Unnormalized 1e30 features overflow float32 rates by definition.
+        for dtype in ("bfloat16", "float32"):
+            row = status[kind, "norm=1e+30", dtype, "rates"]
+            assert row["status"] == "expected error" and "too large" in row["message"]
+            assert status[kind, "norm=1e+30", dtype, "construct"]["status"] == "ok"
+        assert status[kind, "norm=1e+30", "float16", "rates"]["status"] == (
+            "not representable"
+        )
+        row = status[kind, "norm=1e-30", "float16", "construct"]
+        assert row["status"] == "expected error" and "collapsed" in row["message"]
+    checked = [r for r in rows if r["status"] == "ok"]
+    assert len(checked) > len(rows) // 2
+    for row in checked:
+        assert row["finite"] and 0 <= row["max_error"] <= row["tolerance"]
+    markdown = (tmp_path / "numerics_matrix.md").read_text()
+    assert "| vector | zeros |" in markdown and "## Every quantity" in markdown
