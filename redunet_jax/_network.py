@@ -44,7 +44,15 @@ from redunet_jax._packed import packed_forward, packed_layer_step, plan_blocks
 from redunet_jax._rates import Rates, _vector_rates, paired_rates
 from redunet_jax._sharded import check_mesh, sharded_construction_step
 from redunet_jax._spectral_rates import _spectral_rates
-from redunet_jax._vector import NORM_FLOOR, VectorLayer, _build_with_rates, _move
+from redunet_jax._vector import (
+    NORM_FLOOR,
+    WOODBURY_RATIO,
+    VectorLayer,
+    _build_with_rates,
+    _move,
+    blocked_layer_with_rates,
+    woodbury_classes_jit,
+)
 
 
 class _Domain(NamedTuple):
@@ -218,14 +226,22 @@ def _construction_step(
     signal_shape,
     block=None,
     groups=None,
+    classes=None,
 ):
     """Build a layer from ``Z``, move ``Z``; also returns the rates of ``Z``.
 
-    Shift-invariant layers given a ``plan`` (class-sorted sample blocks, see
-    ``_packed.plan_blocks``) take the packed real fast path.
+    Given a ``plan`` (class-sorted sample blocks, see ``_packed.plan_blocks``),
+    shift-invariant layers take the packed real fast path and vector layers
+    sum their class covariances over blocks; ``classes`` are precomputed
+    vector class operators (``_vector.woodbury_classes``).
     """
     domain = _domain(signal_shape)
-    if plan is not None and signal_shape is not None:
+    if plan is not None and signal_shape is None:
+        layer, rates = blocked_layer_with_rates(
+            Z, Pi, eps_sq, plan, block=block, groups=groups, classes=classes
+        )
+        Z_next, _ = domain.move(layer, Z, eta, lam, Pi if use_labels else None)
+    elif plan is not None and signal_shape is not None:
         layer, Z_next, rates = packed_layer_step(
             Z,
             Pi,
@@ -251,6 +267,40 @@ def _rates_step(Z, Pi, eps_sq, *, signal_shape):
     """Rates of ``Z`` and its :func:`layer_health` (without operators)."""
     domain = _domain(signal_shape)
     return domain.rates(Z, Pi, eps_sq), layer_health(Z, Pi, domain.sq_norm)
+
+
+def _vector_step(step, y: np.ndarray, num_classes: int, d: int, dtype):
+    """The vector construction step for labels ``y``: blocked class covariances.
+
+    When the largest class has at most ``WOODBURY_RATIO * d`` samples, the
+    class operators come from their m_j×m_j systems in a separately compiled
+    program (see ``woodbury_classes``) and the step factors only E.
+    """
+    counts = np.bincount(y, minlength=num_classes)
+    largest = int(counts.max())
+    if largest > WOODBURY_RATIO * d:
+        blocks = plan_blocks(y, num_classes, min(largest, 64))
+        plan = tuple(jnp.asarray(a) for a in blocks[:3])
+        return partial(step, plan=plan, block=blocks.block, groups=blocks.groups)
+
+    blocks = plan_blocks(y, num_classes, largest)  # one block per class
+    plan = tuple(jnp.asarray(a) for a in blocks[:3])
+    m_j = jnp.asarray(counts, dtype)
+    base = partial(step, plan=plan, block=blocks.block, groups=blocks.groups)
+
+    def woodbury_step(Z, Pi, eps_sq, eta, lam):
+        classes = woodbury_classes_jit(
+            Z,
+            plan[0],
+            plan[2],
+            m_j,
+            eps_sq,
+            block=blocks.block,
+            num_classes=num_classes,
+        )
+        return base(Z, Pi, eps_sq, eta, lam, classes=classes)
+
+    return woodbury_step
 
 
 @partial(jax.jit, donate_argnums=0)
@@ -456,6 +506,8 @@ def construct(
         blocks = plan_blocks(np.asarray(y), num_classes, chunk_size)
         plan = tuple(jnp.asarray(a) for a in blocks[:3])
         step = partial(step, plan=plan, block=blocks.block, groups=blocks.groups)
+    elif mesh is None:
+        step = _vector_step(step, np.asarray(y), num_classes, X.shape[1], dtype)
     if mesh is not None:
         step = sharded_construction_step(
             mesh,

@@ -21,6 +21,7 @@ reference these functions are tested against.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -145,6 +146,43 @@ def unpack(Yb: jax.Array, inverse: jax.Array) -> jax.Array:
 GRAM_BYTES = 64 * 2**20
 
 
+def class_grams(
+    Yb: jax.Array, block_class: jax.Array, num_classes: int, *, groups=None
+):
+    """Per-class sums of the Gram matrices ``y^T y`` of class-pure row blocks.
+
+    Args:
+      Yb: (n, *batch, b, D) blocks of b rows, each block of one class.
+      block_class: (n,) class of every block.
+      num_classes: number of classes k.
+      groups: static tuple of the classes in block order when every class in
+        it holds the same number of consecutive blocks (one batched product
+        per class), or ``None`` (block Grams summed by class: all at once
+        while they take at most ``GRAM_BYTES``, else one block at a time).
+
+    Returns:
+      (k, *batch, D, D); zero for classes without blocks.
+    """
+    n, *batch, b, D = Yb.shape
+    shape = (num_classes, *batch, D, D)
+    if groups is not None:
+        g = len(groups)
+        Yc = jnp.moveaxis(Yb.reshape(g, n // g, *batch, b, D), 1, -3)
+        Yc = Yc.reshape(g, *batch, -1, D)
+        grams = jnp.einsum("...ia,...ib->...ab", Yc, Yc)
+        return jnp.zeros(shape, Yb.dtype).at[jnp.asarray(groups)].set(grams)
+    if n * math.prod(batch) * D * D * Yb.dtype.itemsize <= GRAM_BYTES:
+        grams = jnp.einsum("...ia,...ib->...ab", Yb, Yb)
+        return jax.ops.segment_sum(grams, block_class, num_classes)
+
+    def add_block(G, block):
+        y, j = block
+        return G.at[j].add(jnp.einsum("...ia,...ib->...ab", y, y)), None
+
+    G, _ = jax.lax.scan(add_block, jnp.zeros(shape, Yb.dtype), (Yb, block_class))
+    return G
+
+
 def packed_covariances(
     Yb: jax.Array, block_class: jax.Array, num_classes: int, *, groups=None
 ):
@@ -167,28 +205,8 @@ def packed_covariances(
     Returns:
       (k + 1, F, C, C) complex ``[Sigma, Sigma_1, ..., Sigma_k]``.
     """
-    n, F, b, C2 = Yb.shape
-    C = C2 // 2
-
-    if groups is not None:
-        g = len(groups)
-        Yc = Yb.reshape(g, n // g, F, b, C2).transpose(0, 2, 1, 3, 4)
-        Yc = Yc.reshape(g, F, -1, C2)
-        G = jnp.zeros((num_classes, F, C2, C2), Yb.dtype)
-        G = G.at[jnp.asarray(groups)].set(jnp.einsum("jpia,jpib->jpab", Yc, Yc))
-    elif n * F * C2 * C2 * Yb.dtype.itemsize <= GRAM_BYTES:
-        G = jax.ops.segment_sum(
-            jnp.einsum("npia,npib->npab", Yb, Yb), block_class, num_classes
-        )
-    else:
-
-        def add_block(G, block):
-            y, j = block
-            return G.at[j].add(jnp.einsum("pia,pib->pab", y, y)), None
-
-        G = jnp.zeros((num_classes, F, C2, C2), Yb.dtype)
-        G, _ = jax.lax.scan(add_block, G, (Yb, block_class))
-
+    C = Yb.shape[-1] // 2
+    G = class_grams(Yb, block_class, num_classes, groups=groups)
     G = jnp.concatenate([jnp.sum(G, axis=0, keepdims=True), G])
     # For rows [x, u] of z = x + iu: z z^H = (x x' + u u') + i (u x' - x u').
     real = G[..., :C, :C] + G[..., C:, C:]

@@ -167,3 +167,31 @@ def test_construct_rejects_bad_chunk_size():
     X = np.ones((4, 1, 4), np.float32)
     with pytest.raises(ValueError, match="chunk_size"):
         construct(X, [0, 0, 1, 1], num_classes=2, num_layers=1, chunk_size=0)
+
+
+@pytest.mark.parametrize(
+    ("m", "d", "woodbury"), [(60, 64, True), (150, 6, False)], ids=["woodbury", "gram"]
+)
+@pytest.mark.parametrize("use_labels", [False, True])
+def test_vector_construction_paths_match_the_plain_step(m, d, woodbury, use_labels):
+    """Blocked class covariances and the m_j×m_j (Woodbury) class systems."""
+    from redunet_jax._network import _construction_step, normalize
+    from redunet_jax._vector import WOODBURY_RATIO
+
+    X = np.random.default_rng(8).standard_normal((m, d)).astype(np.float32)
+    y = uneven_labels(m, 5, seed=9)  # class 4 empty, class 3 a singleton
+    assert (np.bincount(y).max() <= WOODBURY_RATIO * d) == woodbury
+    net, Z = construct(
+        X, y, num_classes=5, num_layers=3, eps_sq=0.5, use_labels=use_labels
+    )
+
+    Z_ref, Pi = normalize(jnp.asarray(X)), jax.nn.one_hot(y, 5)
+    hyper = [jnp.asarray(v, jnp.float32) for v in (0.5, 0.5, 500.0)]
+    for index in range(3):
+        layer, Z_ref, _, _ = _construction_step(
+            Z_ref, Pi, *hyper, use_labels=use_labels, signal_shape=None
+        )
+        scale = float(jnp.abs(layer.C).max())
+        np.testing.assert_allclose(net.layers.C[index], layer.C, atol=2e-5 * scale)
+        np.testing.assert_allclose(net.layers.E[index], layer.E, atol=2e-5)
+    np.testing.assert_allclose(Z, Z_ref, atol=2e-5)
