@@ -336,6 +336,10 @@ def test_compute_dtype_defaults_and_choices(x64):
         X.astype(np.float32), Pi, eps_sq=EPS_SQ, compute_dtype=jnp.float64
     )
     assert wide.r.dtype == jnp.float64
+    with pytest.raises(ValueError, match="too large for compute_dtype=float32"):
+        shift_invariant_rate_reduction(
+            X * 1e200, Pi, eps_sq=EPS_SQ, compute_dtype=jnp.float32
+        )
 
     X, y = make_case("vector", "m_j=d")
     net, Z = construct(X, y, num_classes=K, num_layers=2, compute_dtype=jnp.float32)
