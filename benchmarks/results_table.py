@@ -265,7 +265,9 @@ def render(results: dict) -> str:
         "backend) with `redunet fit`. Test accuracies; ΔR of the test features "
         "with their labels (for invariant networks an average over "
         "frequencies, i.e. divided by the signal length); construction time "
-        "includes compilation.",
+        "includes compiling the layer step, except where an earlier row (the "
+        "rows run in this order, in one process) already compiled it for the "
+        "same shapes.",
         "",
         "| data set | network | nearest subspace / SVM / 5-NN / argmax pihat "
         "| inputs: nearest subspace | ΔR (test) | construction |",
