@@ -31,7 +31,11 @@ def fourier_covariances(Z_hat: jax.Array, Pi: jax.Array) -> jax.Array:
     Entry 0 is ``Sigma_p = sum_i z_hat_i[:, p] z_hat_i[:, p]^H``, entries
     1..k are ``Sigma_j,p`` with sample i weighted by ``Pi[i, j]``: the full
     set of samples is the class whose membership is all ones, which lets
-    callers factor all k + 1 stacks in one batched call. Cost O(k m C² F).
+    callers factor all k + 1 stacks in one batched call. The membership
+    columns are visited one at a time, so besides the coefficients only one
+    weighted copy of them is held (one einsum over all columns would form a
+    (m, k + 1, C, F) intermediate). Cost O(k m C² F) for soft memberships;
+    construction with labels uses the class-partitioned fast path instead.
 
     Args:
       Z_hat: (m, C, F) complex coefficients.
@@ -42,7 +46,13 @@ def fourier_covariances(Z_hat: jax.Array, Pi: jax.Array) -> jax.Array:
     """
     m = Z_hat.shape[0]
     memberships = jnp.concatenate([jnp.ones((m, 1), Pi.dtype), Pi], axis=1)
-    return jnp.einsum("ij,iap,ibp->jpab", memberships, Z_hat, jnp.conj(Z_hat))
+    Z_p = jnp.moveaxis(Z_hat, -1, 0)  # (F, m, C)
+    Z_conj = jnp.conj(Z_p)
+
+    def covariance(weights):
+        return jnp.einsum("pia,pib->pab", Z_p * weights[None, :, None], Z_conj)
+
+    return jax.lax.map(covariance, memberships.T.astype(Z_p.real.dtype))
 
 
 def spectral_scales(Z_hat: jax.Array, safe_m_j: jax.Array, eps_sq) -> jax.Array:
