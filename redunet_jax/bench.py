@@ -51,7 +51,7 @@ FULL = {
     "lengths": [32, 64, 128, 256, 512],
     "channel_grid": [4, 8, 16, 32, 64],
     "channel_length": 64,
-    "dense_max_gib": 2.0,
+    "dense_max_gib": 12.0,
     "path_limit_s": 30.0,
     "memory": {"m": 1000, "C": 75, "size": 28, "k": 10, "layers": [1, 25]},
     "repeats": 3,

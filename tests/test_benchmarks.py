@@ -139,3 +139,19 @@ def test_numerics_matrix_quick_is_finite_within_tolerance(tmp_path):
         assert row["finite"] and 0 <= row["max_error"] <= row["tolerance"]
     markdown = (tmp_path / "numerics_matrix.md").read_text()
     assert "| vector | zeros |" in markdown and "## Every quantity" in markdown
+
+
+def test_readme_speed_section_is_the_recorded_run():
+    """The README's speed block is rendered from the committed benchmark JSON."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import record_bench
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from redunet_jax.bench import markdown_summary
+
+    payload = json.loads(record_bench.RECORD.read_text())
+    assert payload["config"]["m"] >= 1000 and payload["comparison"]
+    text = record_bench.README.read_text()
+    assert record_bench.readme_block(text) == markdown_summary(payload)
+    assert all(row["agree"] for row in payload["correctness"])

@@ -26,6 +26,7 @@ def test_the_notebooks_are_there():
         "03_shift_invariance.ipynb",
         "04_rotation.ipynb",
         "05_finetune.ipynb",
+        "06_spectral_speedup.ipynb",
     ):
         assert name in names
 
