@@ -35,6 +35,16 @@ class CirculantLayer(NamedTuple):
       C_hat: (k, F, C, C) compression blocks, one stack per class (zero for an
         empty class).
       gamma: (k,) class proportions ``m_j / m``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from redunet_jax._fourier import to_fourier
+      >>> Z = jnp.stack([jnp.roll(jnp.arange(6.0), s) for s in range(4)])[:, None]
+      >>> layer = build_circulant_layer(
+      ...     to_fourier(Z), jnp.eye(2).repeat(2, 0), eps_sq=0.5, num_positions=6
+      ... )
+      >>> layer.E_hat.shape, layer.C_hat.shape, layer.gamma.tolist()
+      ((4, 1, 1), (2, 4, 1, 1), [0.5, 0.5])
     """
 
     E_hat: jax.Array

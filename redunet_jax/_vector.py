@@ -37,6 +37,12 @@ class VectorLayer(NamedTuple):
       E: (d, d) expansion operator ``alpha * inv(I + alpha Z^T Z)``.
       C: (k, d, d) compression operators, one per class.
       gamma: (k,) class proportions ``m_j / m``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> layer = build_vector_layer(jnp.eye(4), jnp.eye(2).repeat(2, 0), eps_sq=0.5)
+      >>> layer.E.shape, layer.C.shape, layer.gamma.tolist()
+      ((4, 4), (2, 4, 4), [0.5, 0.5])
     """
 
     E: jax.Array

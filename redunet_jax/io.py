@@ -159,6 +159,11 @@ def save(path: str | os.PathLike, net: ReduNet) -> None:
       path: destination file; its folder must exist.
       net: the network to save.
 
+    Returns:
+      None. The arrays go to ``.npy`` members and the hyperparameters to a
+      JSON member; the file is written under a temporary name and renamed, so
+      an interrupted save never leaves a partial file at ``path``.
+
     Raises:
       TypeError: if ``net`` is not a ``ReduNet``.
       OSError: if the folder does not exist or is not writable.

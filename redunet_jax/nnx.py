@@ -57,7 +57,16 @@ _PROB_FLOOR = 1e-30
 
 
 class LayerConstant(nnx.Variable):
-    """A per-layer array that fine-tuning keeps fixed (the class proportions gamma)."""
+    """A per-layer array that fine-tuning keeps fixed (the class proportions gamma).
+
+    Optimizers built with ``wrt=nnx.Param`` never update it.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> gamma = LayerConstant(jnp.array([[0.5, 0.5]]))
+      >>> gamma[...].shape, isinstance(gamma, nnx.Param)
+      ((1, 2), False)
+    """
 
 
 def _hermitian_partners(signal_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
