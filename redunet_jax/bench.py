@@ -425,6 +425,33 @@ def phase_seconds(Z, y, k, repeats: int) -> dict:
     }
 
 
+def class_covariance_cost(Z, y, k, repeats: int) -> dict:
+    """Seconds of the k class covariances against one covariance of all samples.
+
+    Both from the same packed blocks: the class sums (what a layer computes)
+    and one Gram matrix per bin over every sample. The classes partition the
+    samples, so the ratio should be close to 1, not k.
+    """
+    from redunet_jax._fourier import _rfft
+    from redunet_jax._packed import class_grams, pack, plan_blocks
+
+    blocks = plan_blocks(np.asarray(y), k)
+    Yb = jax.block_until_ready(
+        pack(_rfft(jnp.asarray(Z)), jnp.asarray(blocks.order), blocks.block)
+    )
+    block_class = jnp.asarray(blocks.block_class)
+    per_class = jax.jit(lambda Y: class_grams(Y, block_class, k, groups=blocks.groups))
+    one = jax.jit(lambda Y: jnp.einsum("npia,npib->pab", Y, Y))
+    jax.block_until_ready((per_class(Yb), one(Yb)))
+    classes_s = best_of(lambda: jax.block_until_ready(per_class(Yb)), repeats)
+    full_s = best_of(lambda: jax.block_until_ready(one(Yb)), repeats)
+    return {
+        "class_covariances_s": classes_s,
+        "one_covariance_s": full_s,
+        "ratio": classes_s / full_s,
+    }
+
+
 def compile_report(Z, y, k, layer_counts=(2, 6)) -> dict:
     """Compile time of the layer step, and compiled steps per network depth."""
     from redunet_jax import construct
@@ -656,6 +683,7 @@ def run_benchmark(config: dict, *, tolerance: float = 1e-4, log=_stdout) -> dict
         headline = max(T_cases, key=lambda c: (c.T <= 256, c.T))
         Z, y = synthetic_signals(headline)
         phases = phase_seconds(Z, y, k, repeats)
+        class_cost = class_covariance_cost(Z, y, k, repeats)
         compile_info = compile_report(Z, y, k)
     matmul = matmul_gflops()
     F = headline.T // 2 + 1
@@ -674,6 +702,7 @@ def run_benchmark(config: dict, *, tolerance: float = 1e-4, log=_stdout) -> dict
         },
     }
     step_s = seconds[headline]["rfft"]
+    throughput["class_covariances"] = class_cost
     throughput["layer"] = {
         "case": headline._asdict(),
         "seconds": step_s,
@@ -837,6 +866,13 @@ def summary_text(payload: dict) -> str:
         f"{t['layer']['gflops']:7.1f} GFLOP/s "
         f"({t['layer']['fraction_of_matmul']:.0%} of matmul)"
     )
+    cost = t.get("class_covariances")
+    if cost:
+        lines.append(
+            f"k class covariances {cost['class_covariances_s'] * 1e3:.2f} ms vs one "
+            f"covariance of all samples {cost['one_covariance_s'] * 1e3:.2f} ms "
+            f"(ratio {cost['ratio']:.2f})"
+        )
     c = payload["compile"]
     lines.append(
         f"compile of the layer step {c['compile_s']:.2f} s; compiled steps by depth "

@@ -49,6 +49,7 @@ def test_redunet_bench_quick_agrees_and_writes_json_and_figure(tmp_path):
 
     throughput = result["throughput"]
     assert throughput["matmul_2048_float32_gflops"] > 0
+    assert throughput["class_covariances"]["ratio"] > 0
     for row in [*throughput["phases"].values(), throughput["layer"]]:
         assert row["gflops"] > 0 and 0 < row["fraction_of_matmul"] < 1
     # Deeper networks reuse the one compiled layer step.
