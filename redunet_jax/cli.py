@@ -8,10 +8,13 @@ the figures).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -489,6 +492,31 @@ def _resume_hint(folder: Path | None, argv: list[str]) -> str:
     return f"{folder} holds {layers} layers; continue with: {command}"
 
 
+@contextlib.contextmanager
+def _deferred_interrupt():
+    """Turn a first Ctrl-C into a flag, acted on between layers.
+
+    A KeyboardInterrupt raised at an arbitrary point can land in a finalizer,
+    where Python reports and drops it, and the run would go on; the flag is
+    checked after every layer instead. A second Ctrl-C interrupts at once.
+    """
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def on_interrupt(signum, frame):
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _run_fit(args) -> int:
     config = _fit_config(args)
     name = args.dataset.replace(":", "_").replace("/", "_")
@@ -539,9 +567,11 @@ def _fit(args, config: dict, out: Path, checkpoints) -> int:
     def progress(index, rates):
         bar.update(1)
         bar.set_postfix(delta_r=f"{float(rates.delta_r):.4f}")
+        if interrupted.is_set():
+            raise KeyboardInterrupt
 
     start = time.perf_counter()
-    with bar:  # closed before any error message is printed
+    with bar, _deferred_interrupt() as interrupted:  # bar closed before errors
         net, Z = construct(
             X_train,
             raw.y_train,
@@ -557,6 +587,8 @@ def _fit(args, config: dict, out: Path, checkpoints) -> int:
             checkpoint_every=checkpoints[1],
         )
         Z.block_until_ready()
+        if interrupted.is_set():
+            raise KeyboardInterrupt
     timings["construct"] = time.perf_counter() - start
     timings["construct_per_layer"] = timings["construct"] / config["layers"]
     if not args.quiet:

@@ -243,8 +243,8 @@ def test_checkpoint_arguments_are_checked(tmp_path):
 FIT = ["fit", "--dataset", "gaussian2d", "--layers", "200", "--quiet"]
 
 
-def _start_fit(out, *extra):
-    command = [sys.executable, "-m", "redunet_jax.cli", *FIT, "--out", str(out)]
+def _start_fit(out, *extra, fit=FIT):
+    command = [sys.executable, "-m", "redunet_jax.cli", *fit, "--out", str(out)]
     return subprocess.Popen(
         [*command, *extra],
         stdout=subprocess.PIPE,
@@ -327,7 +327,9 @@ def test_fit_killed_mid_construction_resumes_to_the_same_network(tmp_path):
 
 def test_ctrl_c_prints_how_to_resume(tmp_path):
     out = tmp_path / "run"
-    process = _start_fit(out, "--checkpoint-every", "20")
+    # Long enough that the interrupt always lands mid-construction.
+    long_fit = [*FIT[:3], "--layers", "5000", "--quiet"]
+    process = _start_fit(out, "--checkpoint-every", "20", fit=long_fit)
     try:
         _wait_for_checkpoint(process, out / "checkpoint")
         os.kill(process.pid, signal.SIGINT)
@@ -339,6 +341,7 @@ def test_ctrl_c_prints_how_to_resume(tmp_path):
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("redunet: interrupted; ")
     assert "layers; continue with: redunet fit --dataset gaussian2d" in lines[0]
+    assert "--layers 5000" in lines[0]
     assert lines[0].endswith("--checkpoint-every 20 --resume")
 
 
