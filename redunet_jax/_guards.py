@@ -212,11 +212,11 @@ class DegeneracyGuard:
                 continue
             state = "zero" if norms[group] == 0 else "identical"
             whose = "samples" if group == 0 else f"samples of class {group - 1}"
-            hint = _INPUT_HINT if where == "input X" else _LAYER_HINT
-            message = f"{where}: all {n} {whose} are {state} (features collapsed); "
-            message += hint
+            message = f"{where}: all {n} {whose} are {state} (features collapsed)"
             if self.on_degenerate == "raise":
-                raise ValueError(message)
+                hint = _INPUT_HINT if where == "input X" else _LAYER_HINT
+                raise ValueError(f"{message}; {hint}")
+            message += "; construction goes on (on_degenerate='warn')"
             if (state, group) not in self._warned:
                 self._warned.add((state, group))
                 warnings.warn(message, RuntimeWarning, stacklevel=4)

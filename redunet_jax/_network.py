@@ -315,6 +315,26 @@ def _write_layer(stacked, layer, index):
     )
 
 
+def _physical_memory() -> int | None:
+    """Bytes of physical memory of this machine, if the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _check_network_fits(num_layers: int, layer) -> None:
+    """Refuse a depth whose stacked operators alone exceed physical memory."""
+    needed = num_layers * sum(leaf.nbytes for leaf in jax.tree.leaves(layer))
+    available = _physical_memory()
+    if jax.default_backend() == "cpu" and available and needed > available:
+        raise ValueError(
+            f"num_layers={num_layers} needs {needed / 2**30:.1f} GiB for the "
+            f"network's operators alone, more than this machine's "
+            f"{available / 2**30:.1f} GiB; use fewer layers"
+        )
+
+
 class _LayerStack(Sequence):
     """Layers written one by one into preallocated stacked buffers.
 
@@ -331,6 +351,7 @@ class _LayerStack(Sequence):
 
     def append(self, layer) -> None:
         if self.buffers is None:
+            _check_network_fits(self.capacity, layer)
             self.buffers = jax.tree.map(
                 lambda leaf: jnp.zeros((self.capacity, *leaf.shape), leaf.dtype), layer
             )
@@ -408,7 +429,8 @@ def construct(
         with zero samples to whole blocks; a layer visits one block at a time,
         so besides the features and the operators it holds one block's
         (F, b, 2(k + 1)C) intermediates. Smaller blocks use less memory,
-        larger ones pad more; ignored for vector networks.
+        larger ones pad more; values above the largest class size are capped
+        at it. Ignored for vector networks.
       compute_dtype: dtype of the covariances, factorizations and
         log-determinants, and of the whole construction: ``jnp.float32`` or
         ``jnp.float64`` (the latter needs ``jax_enable_x64``). Default: float64
@@ -668,6 +690,14 @@ def _forward(net: ReduNet, X):
 
 def transform(net: ReduNet, X) -> jax.Array:
     """Map inputs through every layer of ``net`` (pure, jit-able).
+
+    Layers whose classes are much smaller than the feature dimension (large
+    ``alpha_j = d / (m_j eps_sq)``) stretch directions outside each class's
+    training span, so rounding differences grow from layer to layer: then
+    ``transform(net, X_train)`` matches the features returned by ``construct``
+    only to rounding for the first few layers and drifts after that (both
+    are valid float32 evaluations of the same map; predictions agreed in our
+    tests). Use ``construct``'s output as the training features.
 
     Args:
       net: a constructed network.

@@ -65,15 +65,17 @@ def choose_block(counts, chunk_size: int | None = None) -> int:
     Args:
       counts: sizes of the groups that must start on a block boundary (the
         classes, or ``[m]``).
-      chunk_size: explicit block size, or ``None``.
+      chunk_size: explicit block size (capped at the largest group), or
+        ``None``.
 
     Returns:
       The block size b >= 1.
     """
     counts = np.asarray(counts, np.int64)
-    if chunk_size is not None:
-        return int(chunk_size)
     largest = max(int(counts.max()), 1)
+    if chunk_size is not None:
+        # A block larger than the largest group would only hold padding.
+        return int(min(chunk_size, largest))
     if largest <= MAX_BLOCK:
         return largest
     candidates = range(MIN_BLOCK, MAX_BLOCK + 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import signal
 import sys
@@ -928,5 +929,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def run() -> NoReturn:
+    """Console entry point: :func:`main`, then exit with its status.
+
+    After an interrupt the process leaves at once: interpreter shutdown right
+    after an interrupted jaxlib computation has been seen to crash
+    (segmentation fault) in jaxlib's teardown, which would turn exit status
+    130 into 139.
+    """
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
