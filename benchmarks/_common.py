@@ -1,40 +1,18 @@
-"""Shared helpers of the benchmark scripts: timing and atomic JSON output."""
+"""Shared helpers of the benchmark scripts: timing and atomic JSON output.
+
+Timing and the environment record are the library's own (``redunet bench``).
+"""
 
 from __future__ import annotations
 
 import json
-import platform
-import time
-from importlib.metadata import version
 from pathlib import Path
 
-import jax
+from redunet_jax.bench import best_of, environment
+
+__all__ = ["RESULTS", "best_of", "environment", "write_json"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    """Best wall time of ``fn()`` over ``repeats`` runs; ``fn`` must block."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def environment() -> dict:
-    """Library versions and the device the benchmark ran on."""
-    return {
-        "redunet_jax": version("redunet_jax"),
-        "jax": jax.__version__,
-        "jaxlib": version("jaxlib"),
-        "numpy": version("numpy"),
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-    }
 
 
 def write_json(name: str, payload: dict, out: Path | None = None) -> Path:

@@ -23,7 +23,11 @@ from redunet_jax._checks import check_int, check_memberships, check_positive, ch
 from redunet_jax._fourier import check_fourier, check_weights, weighted_sq_norm
 from redunet_jax._linalg import scaled_inverse_and_logdet
 from redunet_jax._rates import Rates, class_counts, rates_from_logdets
-from redunet_jax._spectral_rates import fourier_covariances, frequency_average
+from redunet_jax._spectral_rates import (
+    fourier_covariances,
+    frequency_average,
+    spectral_scales,
+)
 from redunet_jax._vector import NORM_FLOOR, soft_membership
 
 
@@ -69,11 +73,8 @@ def _layer_from_covariances(
     has the contract of ``scaled_inverse_and_logdet`` (sharded construction
     passes one that splits the batch across devices).
     """
-    C = stacked.shape[-1]
-    real = jnp.finfo(stacked.dtype).dtype
     safe_m_j = jnp.where(m_j > 0, m_j, 1.0)
-    alpha = jnp.asarray(C / (m * eps_sq), real)
-    scales = jnp.concatenate([alpha[None], C / (safe_m_j * eps_sq)])[:, None]
+    scales = spectral_scales(m, stacked.shape[-1], safe_m_j, eps_sq, stacked.dtype)
 
     # E is the "class" whose membership is all ones: factoring the k + 1 stacks
     # in one batched Cholesky call also avoids a CPU scheduling hang seen with

@@ -55,11 +55,12 @@ def fourier_covariances(Z_hat: jax.Array, Pi: jax.Array) -> jax.Array:
     return jax.lax.map(covariance, memberships.T.astype(Z_p.real.dtype))
 
 
-def spectral_scales(Z_hat: jax.Array, safe_m_j: jax.Array, eps_sq) -> jax.Array:
-    """Scales ``[alpha, alpha_1, ..., alpha_k]`` as (k + 1, 1); alpha = C/(m eps_sq)."""
-    m, C, _ = Z_hat.shape
-    real_dtype = jnp.finfo(Z_hat.dtype).dtype
-    alpha = jnp.asarray(C / (m * eps_sq), real_dtype)
+def spectral_scales(m, C: int, safe_m_j: jax.Array, eps_sq, dtype) -> jax.Array:
+    """Scales ``[alpha, alpha_1, ..., alpha_k]`` as (k + 1, 1); alpha = C/(m eps_sq).
+
+    ``dtype`` is the (real or complex) dtype of the covariances.
+    """
+    alpha = jnp.asarray(C / (m * eps_sq), jnp.finfo(dtype).dtype)
     return jnp.concatenate([alpha[None], C / (safe_m_j * eps_sq)])[:, None]
 
 
@@ -86,7 +87,9 @@ def _spectral_rates(
     Pi = Pi.astype(jnp.finfo(Z_hat.dtype).dtype)
     m_j, safe_m_j = class_counts(Pi)
     stacked = fourier_covariances(Z_hat, Pi)
-    logdets = logdet_shifted(stacked, spectral_scales(Z_hat, safe_m_j, eps_sq))
+    m, C, _ = Z_hat.shape
+    scales = spectral_scales(m, C, safe_m_j, eps_sq, Z_hat.dtype)
+    logdets = logdet_shifted(stacked, scales)
     averages = frequency_average(logdets, weights, num_positions)
     rates = rates_from_logdets(averages, m_j, m)
     if per_class:

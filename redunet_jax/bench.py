@@ -83,7 +83,7 @@ class Case(NamedTuple):
         return f"m={self.m} C={self.C} T={self.T} k={self.k}"
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> float:
+def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
     """Best wall time of ``fn()`` over ``repeats`` calls; ``fn`` must block."""
     times = []
     for _ in range(repeats):

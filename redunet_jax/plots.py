@@ -15,7 +15,7 @@ def _figure_module():
 
     import matplotlib
 
-    # Headless by default, but a session that already uses pyplot (a notebook
+    # Headless by default, but a process that already uses pyplot (a notebook
     # with inline figures) keeps its backend: the figures here are closed
     # after saving, so they never show up there.
     if "matplotlib.pyplot" not in sys.modules:
