@@ -140,6 +140,19 @@ def layer_health(Z: jax.Array, Pi: jax.Array, sq_norm, operators=None) -> jax.Ar
     counts = jnp.concatenate([jnp.array([Z.shape[0]], real), jnp.sum(members, 0)])
     devs = jnp.concatenate([jnp.max(to_first)[None], class_dev])
     norms = jnp.concatenate([jnp.max(sq)[None], class_norm])
+    return health_table(counts, devs, norms, operators)
+
+
+def health_table(counts, devs, norms, operators=None) -> jax.Array:
+    """The (k + 1, 4) table of :func:`layer_health` from its per-group columns.
+
+    Args:
+      counts: (k + 1,) group sizes (the set, then every class).
+      devs: (k + 1,) largest squared distance to the group's representative.
+      norms: (k + 1,) largest squared norm in the group.
+      operators: optional ``(E, C)`` whose finiteness fills the last column.
+    """
+    real = norms.dtype
     if operators is None:
         finite = jnp.ones_like(counts)
     else:

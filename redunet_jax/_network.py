@@ -40,7 +40,15 @@ from redunet_jax._fourier import (
 )
 from redunet_jax._guards import DegeneracyGuard, layer_health, resolve_compute_dtype
 from redunet_jax._linalg import safe_norm, single_threaded_lapack
-from redunet_jax._packed import packed_forward, packed_layer_step, plan_blocks
+from redunet_jax._packed import (
+    pack,
+    packed_forward,
+    packed_health,
+    packed_layer_step,
+    packed_step,
+    plan_blocks,
+    unpack,
+)
 from redunet_jax._rates import Rates, _vector_rates, paired_rates
 from redunet_jax._sharded import check_mesh, sharded_construction_step
 from redunet_jax._spectral_rates import _spectral_rates
@@ -260,6 +268,42 @@ def _construction_step(
         Z_next, _ = domain.move(layer, Z, eta, lam, Pi if use_labels else None)
     health = layer_health(Z, Pi, domain.sq_norm, operators=(layer[0], layer[1]))
     return layer, Z_next, rates, health
+
+
+@partial(
+    jax.jit,
+    static_argnames=("use_labels", "signal_shape", "block", "groups"),
+    donate_argnums=0,
+)
+def _packed_construction_step(
+    Yb, Pi, eps_sq, eta, lam, plan, *, use_labels: bool, signal_shape, block, groups
+):
+    """:func:`_construction_step` of shift-invariant layers on packed features.
+
+    Construction packs the features once (``_packed.pack`` with the class-sorted
+    ``plan``) and carries them packed from layer to layer; the input buffer is
+    donated to the output.
+    """
+    weights = jnp.asarray(_bin_weights(signal_shape), Yb.dtype)
+    layer, Yb_next, rates = packed_step(
+        Yb,
+        Pi,
+        eps_sq,
+        eta,
+        lam,
+        weights,
+        math.prod(signal_shape),
+        plan,
+        block=block,
+        use_labels=use_labels,
+        groups=groups,
+    )
+    health = packed_health(Yb, Pi, weights, plan, operators=(layer[0], layer[1]))
+    return layer, Yb_next, rates, health
+
+
+_pack = jax.jit(pack, static_argnames="block")
+_unpack = jax.jit(unpack)
 
 
 @partial(jax.jit, static_argnames=("signal_shape",))
@@ -524,10 +568,21 @@ def construct(
     Pi = jax.nn.one_hot(y, num_classes, dtype=dtype)
     hyper = [jnp.asarray(v, dtype) for v in (eps_sq, eta, lam)]
     step = partial(_construction_step, use_labels=use_labels, signal_shape=signal_shape)
-    if invariant:
+    # The features as carried from layer to layer: packed for invariant layers.
+    to_carry = from_carry = _identity
+    if invariant and mesh is None:
         blocks = plan_blocks(np.asarray(y), num_classes, chunk_size)
         plan = tuple(jnp.asarray(a) for a in blocks[:3])
-        step = partial(step, plan=plan, block=blocks.block, groups=blocks.groups)
+        step = partial(
+            _packed_construction_step,
+            plan=plan,
+            use_labels=use_labels,
+            signal_shape=signal_shape,
+            block=blocks.block,
+            groups=blocks.groups,
+        )
+        to_carry = partial(_pack, order=plan[0], block=blocks.block)
+        from_carry = partial(_unpack, inverse=plan[1])
     elif mesh is None:
         step = _vector_step(step, np.asarray(y), num_classes, X.shape[1], dtype)
     if mesh is not None:
@@ -565,16 +620,21 @@ def construct(
     # output, from the factorization that builds its operators.
     layers, history = _LayerStack(num_layers), []
     if checkpoints is not None:
-        spec = jax.eval_shape(step, Z, Pi, *hyper)[:3]
+        layer_spec, _, rates_spec = jax.eval_shape(
+            lambda Z: step(to_carry(Z), Pi, *hyper), Z
+        )[:3]
+        spec = (layer_spec, jax.ShapeDtypeStruct(Z.shape, Z.dtype), rates_spec)
         saved, Z, restored = checkpoints.restore(Z, spec, num_layers=num_layers)
         for layer in saved:
             layers.append(layer)
         del saved
         for index, rates in enumerate(restored):
             report(index, rates)
+    carry = to_carry(Z)
+    del Z  # the packed copy is donated to the first step
     with single_threaded_lapack():
         for index in range(len(layers), num_layers):
-            layer, Z, rates, health = step(Z, Pi, *hyper)
+            layer, carry, rates, health = step(carry, Pi, *hyper)
             # One transfer for both (the rates' host copy is then reused).
             health, _ = jax.device_get((health, rates))
             guard.check(health, produced_by=index - 1, built=index)
@@ -582,7 +642,8 @@ def construct(
                 report(index - 1, rates)
             layers.append(layer)
             if checkpoints is not None and checkpoints.due(len(layers)):
-                checkpoints.save(layers, Z, history)
+                checkpoints.save(layers, from_carry(carry), history)
+        Z = from_carry(carry)
         final, health = _rates_step(Z, Pi, hyper[0], signal_shape=signal_shape)
         health, _ = jax.device_get((health, final))
         guard.check(health, produced_by=num_layers - 1, built=None)

@@ -289,6 +289,57 @@ def pack_rows(rows: jax.Array, order: jax.Array, block: int) -> jax.Array:
     return padded[order].reshape(-1, block, rows.shape[1])
 
 
+def packed_step(
+    Yb,
+    Pi,
+    eps_sq,
+    eta,
+    lam,
+    weights,
+    num_positions,
+    plan,
+    *,
+    block,
+    use_labels,
+    groups=None,
+):
+    """Build a layer from packed features and move them through it.
+
+    The features stay packed (see :func:`pack`) from one layer to the next, so
+    construction packs once and unpacks once.
+
+    Args:
+      Yb: (n, F, b, 2C) packed features laid out by ``plan``.
+      Pi: (m, k) one-hot memberships.
+      eps_sq: distortion.
+      eta: step size.
+      lam: inverse temperature of ``pihat``.
+      weights: (F,) bin weights.
+      num_positions: T (H * W in 2D).
+      plan: ``(order, inverse, block_class)`` arrays of a :class:`BlockPlan`.
+      block: samples per block.
+      use_labels: move with ``Pi`` instead of ``pihat``.
+      groups: static ``BlockPlan.groups``.
+
+    Returns:
+      ``(layer, Yb_next, rates)``: the ``CirculantLayer``, the packed output
+      features and the rates of ``Yb``.
+    """
+    from redunet_jax._circulant import _layer_from_covariances
+
+    order, _, block_class = plan
+    Pi = Pi.astype(Yb.dtype)
+    stacked = packed_covariances(Yb, block_class, Pi.shape[1], groups=groups)
+    layer, rates = _layer_from_covariances(
+        stacked, jnp.sum(Pi, axis=0), Pi.shape[0], eps_sq, weights, num_positions
+    )
+    Pi_blocks = pack_rows(Pi, order, block) if use_labels else None
+    Yb, _ = packed_move(
+        layer.E_hat, layer.C_hat, layer.gamma, Yb, weights, eta, lam, Pi_blocks
+    )
+    return layer, Yb, rates
+
+
 def packed_layer_step(
     Z_hat,
     Pi,
@@ -303,43 +354,78 @@ def packed_layer_step(
     use_labels,
     groups=None,
 ):
-    """Build a layer from ``Z_hat`` and move ``Z_hat`` through it, packed.
+    """:func:`packed_step` on (m, C, F) coefficients: pack, step, unpack.
 
     Equal to ``_build_circulant_with_rates`` followed by ``_move_circulant``
     for one-hot memberships ``Pi`` laid out by ``plan`` (from
     :func:`plan_blocks`).
 
-    Args:
-      Z_hat: (m, C, F) complex coefficients.
-      Pi: (m, k) one-hot memberships.
-      eps_sq: distortion.
-      eta: step size.
-      lam: inverse temperature of ``pihat``.
-      weights: (F,) bin weights.
-      num_positions: T (H * W in 2D).
-      plan: ``(order, inverse, block_class)`` arrays of a :class:`BlockPlan`.
-      block: samples per block.
-      use_labels: move with ``Pi`` instead of ``pihat``.
-      groups: static ``BlockPlan.groups``.
-
     Returns:
       ``(layer, Z_hat_next, rates)``: the ``CirculantLayer``, (m, C, F) output
       coefficients and the rates of ``Z_hat``.
     """
-    from redunet_jax._circulant import _layer_from_covariances
-
-    order, inverse, block_class = plan
-    Pi = Pi.astype(jnp.finfo(Z_hat.dtype).dtype)
+    order, inverse, _ = plan
     Yb = pack(Z_hat, order, block)
-    stacked = packed_covariances(Yb, block_class, Pi.shape[1], groups=groups)
-    layer, rates = _layer_from_covariances(
-        stacked, jnp.sum(Pi, axis=0), Z_hat.shape[0], eps_sq, weights, num_positions
-    )
-    Pi_blocks = pack_rows(Pi, order, block) if use_labels else None
-    Yb, _ = packed_move(
-        layer.E_hat, layer.C_hat, layer.gamma, Yb, weights, eta, lam, Pi_blocks
+    layer, Yb, rates = packed_step(
+        Yb,
+        Pi.astype(jnp.finfo(Z_hat.dtype).dtype),
+        eps_sq,
+        eta,
+        lam,
+        weights,
+        num_positions,
+        plan,
+        block=block,
+        use_labels=use_labels,
+        groups=groups,
     )
     return layer, unpack(Yb, inverse), rates
+
+
+def packed_health(Yb, Pi, weights, plan, operators=None) -> jax.Array:
+    """``_guards.layer_health`` of packed features; padding slots are ignored.
+
+    The representative of the whole set is sample 0 and that of class j its
+    first member, which is the first slot of the class's first block; the
+    squared norms are weighted over bins as in ``weighted_sq_norm``.
+
+    Args:
+      Yb: (n, F, b, 2C) packed features laid out by ``plan``.
+      Pi: (m, k) one-hot memberships.
+      weights: (F,) bin weights.
+      plan: ``(order, inverse, block_class)`` arrays of a :class:`BlockPlan`
+        whose blocks each hold one class.
+      operators: optional ``(E_hat, C_hat)`` of the layer built from ``Yb``.
+
+    Returns:
+      The (k + 1, 4) table of ``_guards.layer_health``.
+    """
+    from redunet_jax._guards import health_table
+
+    order, inverse, block_class = plan
+    n, _, b, _ = Yb.shape
+    m, k = Pi.shape
+    weights = weights.astype(Yb.dtype)
+    valid = (order < m).reshape(n, b)
+    first_block = jnp.argmax(block_class[None, :] == jnp.arange(k)[:, None], axis=1)
+    rep_set = Yb[inverse[0] // b, :, inverse[0] % b]  # (F, 2C)
+    rep_class = Yb[first_block, :, 0][block_class]  # (n, F, 2C)
+
+    def block_max(x):  # weighted squared norms of (n, F, b, 2C): max per block
+        sq = jnp.tensordot(weights, jnp.square(x).sum(-1), axes=(0, 1))  # (n, b)
+        return jnp.max(jnp.where(valid, sq, 0.0), axis=1)
+
+    norms = block_max(Yb)
+    to_set = block_max(Yb - rep_set[None, :, None])
+    to_class = block_max(Yb - rep_class[:, :, None])
+
+    def per_class(x):  # (n,) block maxima to (k,) class maxima, 0 if empty
+        return jnp.maximum(jax.ops.segment_max(x, block_class, k), 0.0)
+
+    counts = jnp.concatenate([jnp.array([m], Yb.dtype), jnp.sum(Pi, 0, Yb.dtype)])
+    devs = jnp.concatenate([jnp.max(to_set)[None], per_class(to_class)])
+    norms = jnp.concatenate([jnp.max(norms)[None], per_class(norms)])
+    return health_table(counts, devs, norms, operators)
 
 
 def packed_forward(layers, Z_hat, weights, eta, lam, *, chunk_size=None):

@@ -11,13 +11,15 @@ from redunet_jax._circulant import (
     _build_circulant_with_rates,
     _move_circulant,
 )
-from redunet_jax._fourier import _bin_weights, _rfft
-from redunet_jax._network import encoded_forward
+from redunet_jax._fourier import _bin_weights, _irfft, _rfft, weighted_sq_norm
+from redunet_jax._guards import layer_health
+from redunet_jax._network import encoded_forward, normalize
 from redunet_jax._packed import (
     choose_block,
     pack,
     packed_covariances,
     packed_forward,
+    packed_health,
     packed_layer_step,
     plan_blocks,
     plan_samples,
@@ -161,6 +163,48 @@ def test_construct_and_transform_agree_with_the_plain_path():
     plain = jnp.fft.irfft(Z_hat, n=12, axis=-1, norm="ortho")
     np.testing.assert_allclose(transform(net, X), plain, atol=1e-6)
     np.testing.assert_allclose(transform(net, X), Z, atol=1e-5)
+
+
+@pytest.mark.parametrize("signal_shape", [(10,), (3, 4)])
+@pytest.mark.parametrize("chunk_size", [None, 3, 7])
+def test_packed_health_equals_the_plain_statistics(signal_shape, chunk_size):
+    Z_hat = np.array(coefficients(47, 3, signal_shape, seed=8))
+    y = uneven_labels(47, 5, seed=9)
+    Z_hat[y == 1] = Z_hat[np.flatnonzero(y == 1)[0]]  # a collapsed class
+    Z_hat[y == 2] = 0.0  # a zero class
+    Z_hat = jnp.asarray(Z_hat)
+    Pi = jax.nn.one_hot(y, 5)
+    weights = jnp.asarray(_bin_weights(signal_shape), jnp.float32)
+    plan = plan_blocks(y, 5, chunk_size)
+    arrays = tuple(jnp.asarray(a) for a in plan[:3])
+    Yb = pack(Z_hat, arrays[0], plan.block)
+    operators = (jnp.full((2, 2), jnp.nan), jnp.ones((5, 2, 2)))
+
+    fast = packed_health(Yb, Pi, weights, arrays, operators)
+    sq_norm = lambda Z: weighted_sq_norm(Z, weights)  # noqa: E731
+    plain = layer_health(Z_hat, Pi, sq_norm, operators)
+    np.testing.assert_allclose(fast, plain, rtol=1e-6)
+    # Exact zeros for the collapsed and the zero class, as on the plain path.
+    assert fast[2, 1] == 0.0 and fast[3, 2] == 0.0 and fast[0, 3] == 0.0
+
+
+@pytest.mark.parametrize("use_labels", [False, True])
+def test_construction_matches_the_plain_build_and_move(use_labels):
+    X = np.random.default_rng(10).standard_normal((50, 2, 4, 3)).astype(np.float32)
+    y = uneven_labels(50, 4, seed=11)
+    net, Z = construct(
+        X, y, num_classes=4, num_layers=3, invariant=True, use_labels=use_labels
+    )
+    Z_hat, Pi = _rfft(normalize(jnp.asarray(X))), jax.nn.one_hot(y, 4)
+    weights = jnp.asarray(_bin_weights((4, 3)), jnp.float32)
+    for index in range(3):
+        layer, _ = _build_circulant_with_rates(Z_hat, Pi, 0.1, weights, 12)
+        Z_hat, _ = _move_circulant(
+            layer, Z_hat, 0.5, 500.0, weights, Pi if use_labels else None
+        )
+        np.testing.assert_allclose(net.layers.E_hat[index], layer.E_hat, atol=2e-5)
+        np.testing.assert_allclose(net.layers.C_hat[index], layer.C_hat, atol=2e-5)
+    np.testing.assert_allclose(Z, _irfft(Z_hat, (4, 3)), atol=2e-5)
 
 
 def test_construct_rejects_bad_chunk_size():
