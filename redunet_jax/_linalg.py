@@ -12,7 +12,7 @@ import contextlib
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_solve
+from jax.scipy.linalg import solve_triangular
 
 
 def _shifted(S: jax.Array, a: jax.Array) -> jax.Array:
@@ -41,8 +41,10 @@ def scaled_inverse_and_logdet(S: jax.Array, a: jax.Array):
     """Return ``a * inv(I + a * S)`` and ``logdet(I + a * S)`` from one Cholesky call.
 
     The operators of a ReduNet layer are these matrices themselves (they are
-    applied to test data later), so the inverse is formed explicitly, as a
-    Cholesky solve against ``a * I``. The log-determinants of the same factor
+    applied to test data later), so the inverse is formed explicitly: with
+    ``I + a * S = L L^H``, one triangular solve gives ``W = sqrt(a) L^{-1}``
+    and the operator is ``W^H W`` (half the triangular work of solving with
+    ``L`` and then ``L^H``). The log-determinants of the same factor
     give the rates of the features the layer was built from, so a layer step
     needs a single batched factorization. (Two concurrent batched
     factorizations in one compiled CPU program have been seen to deadlock in
@@ -57,8 +59,10 @@ def scaled_inverse_and_logdet(S: jax.Array, a: jax.Array):
     """
     n = S.shape[-1]
     L = jnp.linalg.cholesky(_shifted(S, a))
-    rhs = a[..., None, None] * jnp.broadcast_to(jnp.eye(n, dtype=S.dtype), S.shape)
-    X = cho_solve((L, True), rhs)
+    root = jnp.sqrt(a).astype(S.dtype)[..., None, None]
+    rhs = root * jnp.broadcast_to(jnp.eye(n, dtype=S.dtype), S.shape)
+    W = solve_triangular(L, rhs, lower=True)
+    X = jnp.conj(jnp.swapaxes(W, -1, -2)) @ W
     diag = jnp.real(jnp.diagonal(L, axis1=-2, axis2=-1))
     return 0.5 * (X + jnp.conj(jnp.swapaxes(X, -1, -2))), 2.0 * jnp.sum(
         jnp.log(diag), -1

@@ -41,9 +41,9 @@ from redunet_jax._fourier import (
 from redunet_jax._guards import DegeneracyGuard, layer_health, resolve_compute_dtype
 from redunet_jax._linalg import safe_norm, single_threaded_lapack
 from redunet_jax._packed import (
+    class_grams,
     pack,
     packed_forward,
-    packed_health,
     packed_layer_step,
     packed_step,
     plan_blocks,
@@ -271,22 +271,23 @@ def _construction_step(
 
 
 @partial(
-    jax.jit,
-    static_argnames=("use_labels", "signal_shape", "block", "groups"),
-    donate_argnums=0,
+    jax.jit, static_argnames=("use_labels", "signal_shape", "block"), donate_argnums=0
 )
 def _packed_construction_step(
-    Yb, Pi, eps_sq, eta, lam, plan, *, use_labels: bool, signal_shape, block, groups
+    features, Pi, eps_sq, eta, lam, plan, *, use_labels: bool, signal_shape, block
 ):
     """:func:`_construction_step` of shift-invariant layers on packed features.
 
-    Construction packs the features once (``_packed.pack`` with the class-sorted
-    ``plan``) and carries them packed from layer to layer; the input buffer is
-    donated to the output.
+    Construction packs the features once (:func:`_to_packed`, with the
+    class-sorted ``plan``) and carries them packed from layer to layer,
+    together with their class Gram matrices; ``features`` is that pair, and
+    its buffers are donated to the output pair.
     """
+    Yb, grams = features
     weights = jnp.asarray(_bin_weights(signal_shape), Yb.dtype)
-    layer, Yb_next, rates = packed_step(
+    layer, Yb, grams, rates, health = packed_step(
         Yb,
+        grams,
         Pi,
         eps_sq,
         eta,
@@ -296,14 +297,22 @@ def _packed_construction_step(
         plan,
         block=block,
         use_labels=use_labels,
-        groups=groups,
     )
-    health = packed_health(Yb, Pi, weights, plan, operators=(layer[0], layer[1]))
-    return layer, Yb_next, rates, health
+    return layer, (Yb, grams), rates, health
 
 
-_pack = jax.jit(pack, static_argnames="block")
-_unpack = jax.jit(unpack)
+@partial(jax.jit, static_argnames=("num_classes", "block", "groups"))
+def _to_packed(Z_hat, plan, *, num_classes: int, block: int, groups):
+    """(m, C, F) coefficients to the packed features and their class Gram matrices."""
+    order, _, block_class = plan
+    Yb = pack(Z_hat, order, block)
+    return Yb, class_grams(Yb, block_class, num_classes, groups=groups)
+
+
+@jax.jit
+def _from_packed(features, plan):
+    """Inverse of :func:`_to_packed`: the (m, C, F) coefficients."""
+    return unpack(features[0], plan[1])
 
 
 @partial(jax.jit, static_argnames=("signal_shape",))
@@ -579,10 +588,15 @@ def construct(
             use_labels=use_labels,
             signal_shape=signal_shape,
             block=blocks.block,
+        )
+        to_carry = partial(
+            _to_packed,
+            plan=plan,
+            num_classes=num_classes,
+            block=blocks.block,
             groups=blocks.groups,
         )
-        to_carry = partial(_pack, order=plan[0], block=blocks.block)
-        from_carry = partial(_unpack, inverse=plan[1])
+        from_carry = partial(_from_packed, plan=plan)
     elif mesh is None:
         step = _vector_step(step, np.asarray(y), num_classes, X.shape[1], dtype)
     if mesh is not None:

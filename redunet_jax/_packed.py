@@ -207,9 +207,22 @@ def packed_covariances(
     Returns:
       (k + 1, F, C, C) complex ``[Sigma, Sigma_1, ..., Sigma_k]``.
     """
-    C = Yb.shape[-1] // 2
-    G = class_grams(Yb, block_class, num_classes, groups=groups)
-    G = jnp.concatenate([jnp.sum(G, axis=0, keepdims=True), G])
+    return covariances_from_grams(
+        class_grams(Yb, block_class, num_classes, groups=groups)
+    )
+
+
+def covariances_from_grams(G: jax.Array) -> jax.Array:
+    """(k, F, 2C, 2C) real class Gram matrices to (k + 1, F, C, C) covariances.
+
+    Row 0 is the covariance of all samples (the sum over classes), then one
+    row per class, as :func:`packed_covariances` returns them.
+    """
+    C = G.shape[-1] // 2
+    # The sum over classes as a product with ones: XLA's CPU reduction over
+    # the leading axis is several times slower.
+    total = jnp.tensordot(jnp.ones(G.shape[0], G.dtype), G, axes=(0, 0))
+    G = jnp.concatenate([total[None], G])
     # For rows [x, u] of z = x + iu: z z^H = (x x' + u u') + i (u x' - x u').
     real = G[..., :C, :C] + G[..., C:, C:]
     imag = G[..., C:, :C] - G[..., :C, C:]
@@ -242,7 +255,9 @@ def _move_block(R, y, gamma, weights, eta, lam, Pi=None):
     k = gamma.shape[0]
     products = (y @ R).reshape(F, b, k + 1, C2)
 
-    sq = jnp.tensordot(weights, jnp.square(products[:, :, 1:]).sum(-1), axes=(0, 0))
+    # All k + 1 squared norms, E's dropped afterwards: slicing the products
+    # first would copy them.
+    sq = jnp.tensordot(weights, jnp.square(products).sum(-1), axes=(0, 0))[:, 1:]
     norms = jnp.sqrt(jnp.maximum(sq, NORM_FLOOR * NORM_FLOOR))
     pihat = soft_membership(gamma, norms, lam)
 
@@ -275,12 +290,20 @@ def packed_move(E_hat, C_hat, gamma, Yb, weights, eta, lam, Pi_blocks=None):
     R = real_blocks(jnp.concatenate([E_hat[None], C_hat]))
     weights = weights.astype(Yb.dtype)
 
-    if Pi_blocks is None:
-        return jax.lax.map(lambda y: _move_block(R, y, gamma, weights, eta, lam), Yb)
-    return jax.lax.map(
-        lambda args: _move_block(R, args[0], gamma, weights, eta, lam, args[1]),
-        (Yb, Pi_blocks),
-    )
+    n, _, b, _ = Yb.shape
+    k = gamma.shape[0]
+
+    def body(i, carry):
+        # Block i is read, then overwritten in place by its output.
+        Yb, pihat = carry
+        y = jax.lax.dynamic_index_in_dim(Yb, i, keepdims=False)
+        Pi = None if Pi_blocks is None else Pi_blocks[i]
+        y, p = _move_block(R, y, gamma, weights, eta, lam, Pi)
+        Yb = jax.lax.dynamic_update_index_in_dim(Yb, y, i, 0)
+        return Yb, jax.lax.dynamic_update_index_in_dim(pihat, p, i, 0)
+
+    pihat = jnp.zeros((n, b, k), Yb.dtype)
+    return jax.lax.fori_loop(0, n, body, (Yb, pihat))
 
 
 def pack_rows(rows: jax.Array, order: jax.Array, block: int) -> jax.Array:
@@ -289,8 +312,121 @@ def pack_rows(rows: jax.Array, order: jax.Array, block: int) -> jax.Array:
     return padded[order].reshape(-1, block, rows.shape[1])
 
 
+def _weighted_sq(x: jax.Array, weights: jax.Array) -> jax.Array:
+    """(..., F, b, 2C) packed rows to their (..., b) squared norms over bins."""
+    return jnp.tensordot(jnp.square(x).sum(-1), weights, axes=(-2, 0))
+
+
+def _representatives(Yb, plan, num_classes: int):
+    """Sample 0 (F, 2C) and the first member of every class (k, F, 2C).
+
+    The first member of class j is the first slot of the class's first block.
+    """
+    _, inverse, block_class = plan
+    b = Yb.shape[2]
+    classes = jnp.arange(num_classes)[:, None]
+    first_block = jnp.argmax(block_class[None, :] == classes, axis=1)
+    return Yb[inverse[0] // b, :, inverse[0] % b], Yb[first_block, :, 0]
+
+
+def _block_statistics(y, valid, rep_set, rep_class, weights):
+    """Largest squared norm, distance to sample 0 and to the class representative.
+
+    Over the valid rows of one (F, b, 2C) block; padding rows count as 0.
+    """
+    rows = jnp.stack(
+        [
+            _weighted_sq(y, weights),
+            _weighted_sq(y - rep_set[:, None], weights),
+            _weighted_sq(y - rep_class[:, None], weights),
+        ]
+    )
+    return jnp.max(jnp.where(valid, rows, 0.0), axis=1)
+
+
+def _health_from_blocks(stats, Pi, block_class, operators=None):
+    """The ``_guards.layer_health`` table from (n, 3) per-block maxima."""
+    from redunet_jax._guards import health_table
+
+    m, k = Pi.shape
+
+    def per_class(x):  # (n,) block maxima to (k,) class maxima, 0 if empty
+        return jnp.maximum(jax.ops.segment_max(x, block_class, k), 0.0)
+
+    norms, to_set, to_class = stats[:, 0], stats[:, 1], stats[:, 2]
+    counts = jnp.concatenate([jnp.array([m], stats.dtype), jnp.sum(Pi, 0, stats.dtype)])
+    devs = jnp.concatenate([jnp.max(to_set)[None], per_class(to_class)])
+    norms = jnp.concatenate([jnp.max(norms)[None], per_class(norms)])
+    return health_table(counts, devs, norms, operators)
+
+
+def packed_health(Yb, Pi, weights, plan, operators=None) -> jax.Array:
+    """``_guards.layer_health`` of packed features; padding slots are ignored.
+
+    The representative of the whole set is sample 0 and that of class j its
+    first member; squared norms are weighted over bins as in
+    ``weighted_sq_norm``.
+
+    Args:
+      Yb: (n, F, b, 2C) packed features laid out by ``plan``.
+      Pi: (m, k) one-hot memberships.
+      weights: (F,) bin weights.
+      plan: ``(order, inverse, block_class)`` arrays of a :class:`BlockPlan`
+        whose blocks each hold one class.
+      operators: optional ``(E_hat, C_hat)`` of the layer built from ``Yb``.
+
+    Returns:
+      The (k + 1, 4) table of ``_guards.layer_health``.
+    """
+    order, _, block_class = plan
+    n, _, b, _ = Yb.shape
+    m, k = Pi.shape
+    valid = (order < m).reshape(n, b)
+    rep_set, rep_class = _representatives(Yb, plan, k)
+    stats = jax.vmap(_block_statistics, in_axes=(0, 0, None, 0, None))(
+        Yb, valid, rep_set, rep_class[block_class], weights.astype(Yb.dtype)
+    )
+    return _health_from_blocks(stats, Pi, block_class, operators)
+
+
+def _sweep(R, gamma, Yb, weights, eta, lam, plan, num_classes, Pi_blocks=None):
+    """Move class-pure packed blocks through a layer, one block at a time, in place.
+
+    On the way, each input block yields its degeneracy statistics (see
+    :func:`packed_health`) and each output block adds its Gram matrices to its
+    class, so the next layer's covariances and this layer's health cost no
+    further pass over the features.
+
+    Returns:
+      ``(Yb_next, grams_next, stats)``: the moved features, the (k, F, 2C, 2C)
+      class Gram matrices of the moved features, and (n, 3) per-block maxima
+      of the input features.
+    """
+    order, _, block_class = plan
+    n, F, b, C2 = Yb.shape
+    m = plan[1].shape[0]
+    valid = (order < m).reshape(n, b)
+    rep_set, rep_class = _representatives(Yb, plan, num_classes)
+
+    def body(i, carry):
+        Yb, G, stats = carry
+        j = block_class[i]
+        y = jax.lax.dynamic_index_in_dim(Yb, i, keepdims=False)
+        rows = _block_statistics(y, valid[i], rep_set, rep_class[j], weights)
+        Pi = None if Pi_blocks is None else Pi_blocks[i]
+        y, _ = _move_block(R, y, gamma, weights, eta, lam, Pi)
+        G = G.at[j].add(jnp.einsum("fia,fib->fab", y, y))
+        Yb = jax.lax.dynamic_update_index_in_dim(Yb, y, i, 0)
+        return Yb, G, stats.at[i].set(rows)
+
+    G = jnp.zeros((num_classes, F, C2, C2), Yb.dtype)
+    stats = jnp.zeros((n, 3), Yb.dtype)
+    return jax.lax.fori_loop(0, n, body, (Yb, G, stats))
+
+
 def packed_step(
     Yb,
+    grams,
     Pi,
     eps_sq,
     eta,
@@ -301,15 +437,17 @@ def packed_step(
     *,
     block,
     use_labels,
-    groups=None,
 ):
     """Build a layer from packed features and move them through it.
 
-    The features stay packed (see :func:`pack`) from one layer to the next, so
-    construction packs once and unpacks once.
+    The features stay packed (see :func:`pack`) from one layer to the next,
+    with their class Gram matrices: construction packs once, computes the
+    Gram matrices once (:func:`class_grams`) and unpacks once; every step
+    gets the next Gram matrices from the blocks it has just moved.
 
     Args:
       Yb: (n, F, b, 2C) packed features laid out by ``plan``.
+      grams: (k, F, 2C, 2C) class Gram matrices of ``Yb``.
       Pi: (m, k) one-hot memberships.
       eps_sq: distortion.
       eta: step size.
@@ -319,25 +457,33 @@ def packed_step(
       plan: ``(order, inverse, block_class)`` arrays of a :class:`BlockPlan`.
       block: samples per block.
       use_labels: move with ``Pi`` instead of ``pihat``.
-      groups: static ``BlockPlan.groups``.
 
     Returns:
-      ``(layer, Yb_next, rates)``: the ``CirculantLayer``, the packed output
-      features and the rates of ``Yb``.
+      ``(layer, Yb_next, grams_next, rates, health)``: the ``CirculantLayer``,
+      the packed output features and their class Gram matrices, the rates of
+      ``Yb`` and its ``_guards.layer_health`` table.
     """
     from redunet_jax._circulant import _layer_from_covariances
 
     order, _, block_class = plan
     Pi = Pi.astype(Yb.dtype)
-    stacked = packed_covariances(Yb, block_class, Pi.shape[1], groups=groups)
+    weights = weights.astype(Yb.dtype)
     layer, rates = _layer_from_covariances(
-        stacked, jnp.sum(Pi, axis=0), Pi.shape[0], eps_sq, weights, num_positions
+        covariances_from_grams(grams),
+        jnp.sum(Pi, axis=0),
+        Pi.shape[0],
+        eps_sq,
+        weights,
+        num_positions,
     )
+    R = real_blocks(jnp.concatenate([layer.E_hat[None], layer.C_hat]))
     Pi_blocks = pack_rows(Pi, order, block) if use_labels else None
-    Yb, _ = packed_move(
-        layer.E_hat, layer.C_hat, layer.gamma, Yb, weights, eta, lam, Pi_blocks
+    Yb, grams, stats = _sweep(
+        R, layer.gamma, Yb, weights, eta, lam, plan, Pi.shape[1], Pi_blocks
     )
-    return layer, Yb, rates
+    operators = (layer.E_hat, layer.C_hat)
+    health = _health_from_blocks(stats, Pi, block_class, operators)
+    return layer, Yb, grams, rates, health
 
 
 def packed_layer_step(
@@ -364,11 +510,14 @@ def packed_layer_step(
       ``(layer, Z_hat_next, rates)``: the ``CirculantLayer``, (m, C, F) output
       coefficients and the rates of ``Z_hat``.
     """
-    order, inverse, _ = plan
+    order, inverse, block_class = plan
+    Pi = Pi.astype(jnp.finfo(Z_hat.dtype).dtype)
     Yb = pack(Z_hat, order, block)
-    layer, Yb, rates = packed_step(
+    grams = class_grams(Yb, block_class, Pi.shape[1], groups=groups)
+    layer, Yb, _, rates, _ = packed_step(
         Yb,
-        Pi.astype(jnp.finfo(Z_hat.dtype).dtype),
+        grams,
+        Pi,
         eps_sq,
         eta,
         lam,
@@ -377,55 +526,8 @@ def packed_layer_step(
         plan,
         block=block,
         use_labels=use_labels,
-        groups=groups,
     )
     return layer, unpack(Yb, inverse), rates
-
-
-def packed_health(Yb, Pi, weights, plan, operators=None) -> jax.Array:
-    """``_guards.layer_health`` of packed features; padding slots are ignored.
-
-    The representative of the whole set is sample 0 and that of class j its
-    first member, which is the first slot of the class's first block; the
-    squared norms are weighted over bins as in ``weighted_sq_norm``.
-
-    Args:
-      Yb: (n, F, b, 2C) packed features laid out by ``plan``.
-      Pi: (m, k) one-hot memberships.
-      weights: (F,) bin weights.
-      plan: ``(order, inverse, block_class)`` arrays of a :class:`BlockPlan`
-        whose blocks each hold one class.
-      operators: optional ``(E_hat, C_hat)`` of the layer built from ``Yb``.
-
-    Returns:
-      The (k + 1, 4) table of ``_guards.layer_health``.
-    """
-    from redunet_jax._guards import health_table
-
-    order, inverse, block_class = plan
-    n, _, b, _ = Yb.shape
-    m, k = Pi.shape
-    weights = weights.astype(Yb.dtype)
-    valid = (order < m).reshape(n, b)
-    first_block = jnp.argmax(block_class[None, :] == jnp.arange(k)[:, None], axis=1)
-    rep_set = Yb[inverse[0] // b, :, inverse[0] % b]  # (F, 2C)
-    rep_class = Yb[first_block, :, 0][block_class]  # (n, F, 2C)
-
-    def block_max(x):  # weighted squared norms of (n, F, b, 2C): max per block
-        sq = jnp.tensordot(weights, jnp.square(x).sum(-1), axes=(0, 1))  # (n, b)
-        return jnp.max(jnp.where(valid, sq, 0.0), axis=1)
-
-    norms = block_max(Yb)
-    to_set = block_max(Yb - rep_set[None, :, None])
-    to_class = block_max(Yb - rep_class[:, :, None])
-
-    def per_class(x):  # (n,) block maxima to (k,) class maxima, 0 if empty
-        return jnp.maximum(jax.ops.segment_max(x, block_class, k), 0.0)
-
-    counts = jnp.concatenate([jnp.array([m], Yb.dtype), jnp.sum(Pi, 0, Yb.dtype)])
-    devs = jnp.concatenate([jnp.max(to_set)[None], per_class(to_class)])
-    norms = jnp.concatenate([jnp.max(norms)[None], per_class(norms)])
-    return health_table(counts, devs, norms, operators)
 
 
 def packed_forward(layers, Z_hat, weights, eta, lam, *, chunk_size=None):

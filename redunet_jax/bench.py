@@ -119,13 +119,14 @@ def _scalars():
 def rfft_path(Z, y, k):
     """The library's construction step on the packed ``rfft`` bins.
 
-    Construction packs the features once and then runs this step per layer,
-    each on the previous layer's output (whose buffer it reuses), so the
-    timed calls do the same: the first call moves the packed inputs, every
-    later call the output of the call before.
+    Construction packs the features (and computes their class Gram matrices)
+    once and then runs this step per layer, each on the previous layer's
+    output (whose buffers it reuses), so the timed calls do the same: the
+    first call moves the packed inputs, every later call the output of the
+    call before.
     """
     from redunet_jax._fourier import _irfft, _rfft
-    from redunet_jax._network import _pack, _packed_construction_step, _unpack
+    from redunet_jax._network import _from_packed, _packed_construction_step, _to_packed
     from redunet_jax._packed import plan_blocks
 
     signal_shape = tuple(Z.shape[2:])
@@ -133,7 +134,15 @@ def rfft_path(Z, y, k):
     blocks = plan_blocks(np.asarray(y), k)
     plan = tuple(jnp.asarray(a) for a in blocks[:3])
     scalars = _scalars()
-    features = [_pack(_rfft(jnp.asarray(Z)), plan[0], block=blocks.block)]
+    features = [
+        _to_packed(
+            _rfft(jnp.asarray(Z)),
+            plan,
+            num_classes=k,
+            block=blocks.block,
+            groups=blocks.groups,
+        )
+    ]
 
     def run():
         out = _packed_construction_step(
@@ -144,14 +153,12 @@ def rfft_path(Z, y, k):
             use_labels=False,
             signal_shape=signal_shape,
             block=blocks.block,
-            groups=blocks.groups,
         )
         features.append(out[1])
         return jax.block_until_ready(out)
 
     def decode(out):
-        Z_hat = _unpack(out[1], plan[1])
-        return np.asarray(_irfft(Z_hat, signal_shape), np.float64)
+        return np.asarray(_irfft(_from_packed(out[1], plan), signal_shape), np.float64)
 
     return run, decode
 
