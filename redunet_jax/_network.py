@@ -41,7 +41,7 @@ from redunet_jax._fourier import (
 from redunet_jax._guards import DegeneracyGuard, layer_health, resolve_compute_dtype
 from redunet_jax._linalg import safe_norm, single_threaded_lapack
 from redunet_jax._packed import (
-    class_grams,
+    accumulated_grams,
     pack,
     packed_forward,
     packed_layer_step,
@@ -301,12 +301,17 @@ def _packed_construction_step(
     return layer, (Yb, grams), rates, health
 
 
-@partial(jax.jit, static_argnames=("num_classes", "block", "groups"))
-def _to_packed(Z_hat, plan, *, num_classes: int, block: int, groups):
-    """(m, C, F) coefficients to the packed features and their class Gram matrices."""
+@partial(jax.jit, static_argnames=("num_classes", "block"))
+def _to_packed(Z_hat, plan, *, num_classes: int, block: int):
+    """(m, C, F) coefficients to the packed features and their class Gram matrices.
+
+    The Gram matrices are summed block by block in block order, exactly as
+    each construction step sums those of its output, so a construction
+    resumed from a checkpoint repeats the uninterrupted one bit for bit.
+    """
     order, _, block_class = plan
     Yb = pack(Z_hat, order, block)
-    return Yb, class_grams(Yb, block_class, num_classes, groups=groups)
+    return Yb, accumulated_grams(Yb, block_class, num_classes)
 
 
 @jax.jit
@@ -590,11 +595,7 @@ def construct(
             block=blocks.block,
         )
         to_carry = partial(
-            _to_packed,
-            plan=plan,
-            num_classes=num_classes,
-            block=blocks.block,
-            groups=blocks.groups,
+            _to_packed, plan=plan, num_classes=num_classes, block=blocks.block
         )
         from_carry = partial(_from_packed, plan=plan)
     elif mesh is None:
@@ -616,6 +617,8 @@ def construct(
 
         settings = dict(num_classes=num_classes, eta=eta, eps_sq=eps_sq, lam=lam)
         settings.update(invariant=bool(invariant), use_labels=bool(use_labels))
+        # The block size changes the rounding of the covariance sums.
+        settings.update(chunk_size=chunk_size)
         checkpoints = open_checkpoints(
             checkpoint_dir, checkpoint_every, X, y, settings=settings
         )
@@ -746,7 +749,7 @@ def _forward(net: ReduNet, X):
         dtype = net.layers.gamma.dtype
         Z_hat, pihat = packed_forward(
             net.layers,
-            _rfft(normalize(X).astype(dtype)),
+            _rfft(_normalized_as(X, dtype)),
             jnp.asarray(_bin_weights(signal_shape), dtype),
             net.eta,
             net.lam,

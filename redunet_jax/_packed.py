@@ -389,6 +389,27 @@ def packed_health(Yb, Pi, weights, plan, operators=None) -> jax.Array:
     return _health_from_blocks(stats, Pi, block_class, operators)
 
 
+def _add_block_gram(G, j, y):
+    """``G`` with the Gram matrices of block ``y`` (F, b, 2C) added to class j."""
+    return G.at[j].add(jnp.einsum("fia,fib->fab", y, y))
+
+
+def accumulated_grams(Yb, block_class, num_classes: int):
+    """:func:`class_grams` summed block by block in block order.
+
+    The sums a construction step accumulates for its output, with the same
+    rounding; used for the features construction starts (or resumes) from.
+    """
+    n, F, _, C2 = Yb.shape
+
+    def body(i, G):
+        y = jax.lax.dynamic_index_in_dim(Yb, i, keepdims=False)
+        return _add_block_gram(G, block_class[i], y)
+
+    G = jnp.zeros((num_classes, F, C2, C2), Yb.dtype)
+    return jax.lax.fori_loop(0, n, body, G)
+
+
 def _sweep(R, gamma, Yb, weights, eta, lam, plan, num_classes, Pi_blocks=None):
     """Move class-pure packed blocks through a layer, one block at a time, in place.
 
@@ -415,7 +436,7 @@ def _sweep(R, gamma, Yb, weights, eta, lam, plan, num_classes, Pi_blocks=None):
         rows = _block_statistics(y, valid[i], rep_set, rep_class[j], weights)
         Pi = None if Pi_blocks is None else Pi_blocks[i]
         y, _ = _move_block(R, y, gamma, weights, eta, lam, Pi)
-        G = G.at[j].add(jnp.einsum("fia,fib->fab", y, y))
+        G = _add_block_gram(G, j, y)
         Yb = jax.lax.dynamic_update_index_in_dim(Yb, y, i, 0)
         return Yb, G, stats.at[i].set(rows)
 

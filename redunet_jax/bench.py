@@ -135,13 +135,7 @@ def rfft_path(Z, y, k):
     plan = tuple(jnp.asarray(a) for a in blocks[:3])
     scalars = _scalars()
     features = [
-        _to_packed(
-            _rfft(jnp.asarray(Z)),
-            plan,
-            num_classes=k,
-            block=blocks.block,
-            groups=blocks.groups,
-        )
+        _to_packed(_rfft(jnp.asarray(Z)), plan, num_classes=k, block=blocks.block)
     ]
 
     def run():

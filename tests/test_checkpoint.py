@@ -20,8 +20,11 @@ LAYERS = 6
 
 def _data(invariant):
     rng = np.random.default_rng(0)
-    shape = (60, 2, 8) if invariant else (60, 5)
-    return rng.standard_normal(shape).astype(np.float32), np.arange(60) % 3
+    # Invariant: equal classes of 40 samples, two blocks each, so the class
+    # covariances are sums over several blocks.
+    m = 120 if invariant else 60
+    shape = (m, 2, 8) if invariant else (m, 5)
+    return rng.standard_normal(shape).astype(np.float32), np.arange(m) % 3
 
 
 def _build(invariant, **kwargs):
@@ -214,6 +217,7 @@ def test_other_inputs_or_settings_are_refused(copy):
     message = _expect_refusal(copy, "different settings", eta=0.4)
     assert "eta=0.5 in the checkpoint, 0.4 now" in message
     _expect_refusal(copy, "use_labels=False in the checkpoint", use_labels=True)
+    _expect_refusal(copy, "chunk_size=None in the checkpoint, 7 now", chunk_size=7)
     assert _manifest(copy)["layers"] == 4
 
 

@@ -351,6 +351,22 @@ def test_compute_dtype_defaults_and_choices(x64):
     assert transform(net64, X.astype(np.float32)).dtype == jnp.float64
 
 
+@pytest.mark.parametrize("kind", ["vector", "invariant"])
+def test_transform_normalizes_narrow_inputs_in_the_network_dtype(x64, kind):
+    X, y = make_case(kind, "m_j=d")
+    X32 = X.astype(np.float32)
+    net, Z = construct(
+        X32,
+        y,
+        num_classes=K,
+        num_layers=2,
+        invariant=kind == "invariant",
+        compute_dtype=jnp.float64,
+    )
+    # The same widening as construct: no float32 rounding of the normalization.
+    np.testing.assert_allclose(transform(net, X32), Z, rtol=0, atol=1e-12)
+
+
 # jax_debug_nans over the public functions on degenerate data.
 
 
