@@ -31,6 +31,7 @@ from redunet_jax._circulant import (
     _build_circulant_with_rates,
     _move_circulant,
 )
+from redunet_jax._concurrent import PackedConstruction
 from redunet_jax._fourier import (
     _bin_weights,
     _irfft,
@@ -40,15 +41,7 @@ from redunet_jax._fourier import (
 )
 from redunet_jax._guards import DegeneracyGuard, layer_health, resolve_compute_dtype
 from redunet_jax._linalg import safe_norm, single_threaded_lapack
-from redunet_jax._packed import (
-    accumulated_grams,
-    pack,
-    packed_forward,
-    packed_layer_step,
-    packed_step,
-    plan_blocks,
-    unpack,
-)
+from redunet_jax._packed import packed_forward, packed_layer_step, plan_blocks
 from redunet_jax._rates import Rates, _vector_rates, paired_rates
 from redunet_jax._sharded import check_mesh, sharded_construction_step
 from redunet_jax._spectral_rates import _spectral_rates
@@ -268,56 +261,6 @@ def _construction_step(
         Z_next, _ = domain.move(layer, Z, eta, lam, Pi if use_labels else None)
     health = layer_health(Z, Pi, domain.sq_norm, operators=(layer[0], layer[1]))
     return layer, Z_next, rates, health
-
-
-@partial(
-    jax.jit, static_argnames=("use_labels", "signal_shape", "block"), donate_argnums=0
-)
-def _packed_construction_step(
-    features, Pi, eps_sq, eta, lam, plan, *, use_labels: bool, signal_shape, block
-):
-    """:func:`_construction_step` of shift-invariant layers on packed features.
-
-    Construction packs the features once (:func:`_to_packed`, with the
-    class-sorted ``plan``) and carries them packed from layer to layer,
-    together with their class Gram matrices; ``features`` is that pair, and
-    its buffers are donated to the output pair.
-    """
-    Yb, grams = features
-    weights = jnp.asarray(_bin_weights(signal_shape), Yb.dtype)
-    layer, Yb, grams, rates, health = packed_step(
-        Yb,
-        grams,
-        Pi,
-        eps_sq,
-        eta,
-        lam,
-        weights,
-        math.prod(signal_shape),
-        plan,
-        block=block,
-        use_labels=use_labels,
-    )
-    return layer, (Yb, grams), rates, health
-
-
-@partial(jax.jit, static_argnames=("num_classes", "block"))
-def _to_packed(Z_hat, plan, *, num_classes: int, block: int):
-    """(m, C, F) coefficients to the packed features and their class Gram matrices.
-
-    The Gram matrices are summed block by block in block order, exactly as
-    each construction step sums those of its output, so a construction
-    resumed from a checkpoint repeats the uninterrupted one bit for bit.
-    """
-    order, _, block_class = plan
-    Yb = pack(Z_hat, order, block)
-    return Yb, accumulated_grams(Yb, block_class, num_classes)
-
-
-@jax.jit
-def _from_packed(features, plan):
-    """Inverse of :func:`_to_packed`: the (m, C, F) coefficients."""
-    return unpack(features[0], plan[1])
 
 
 @partial(jax.jit, static_argnames=("signal_shape",))
@@ -585,19 +528,14 @@ def construct(
     # The features as carried from layer to layer: packed for invariant layers.
     to_carry = from_carry = _identity
     if invariant and mesh is None:
-        blocks = plan_blocks(np.asarray(y), num_classes, chunk_size)
-        plan = tuple(jnp.asarray(a) for a in blocks[:3])
-        step = partial(
-            _packed_construction_step,
-            plan=plan,
-            use_labels=use_labels,
+        step = PackedConstruction(
+            np.asarray(y),
+            num_classes,
             signal_shape=signal_shape,
-            block=blocks.block,
+            use_labels=use_labels,
+            chunk_size=chunk_size,
         )
-        to_carry = partial(
-            _to_packed, plan=plan, num_classes=num_classes, block=blocks.block
-        )
-        from_carry = partial(_from_packed, plan=plan)
+        to_carry, from_carry = step.to_carry, step.from_carry
     elif mesh is None:
         step = _vector_step(step, np.asarray(y), num_classes, X.shape[1], dtype)
     if mesh is not None:

@@ -119,6 +119,23 @@ def plan_blocks(labels, num_classes: int, chunk_size: int | None = None) -> Bloc
     return BlockPlan(order, inverse, block_class, b, groups)
 
 
+def padded_plan(labels, num_classes: int, multiple: int, chunk_size=None) -> BlockPlan:
+    """:func:`plan_blocks` with the number of blocks padded to a multiple.
+
+    The extra blocks hold only zero slots (sample index ``m``) and are
+    assigned to class 0, to which they add nothing.
+    """
+    plan = plan_blocks(labels, num_classes, chunk_size)
+    m = int(np.asarray(labels).shape[0])
+    extra = -len(plan.block_class) % multiple
+    return BlockPlan(
+        order=np.concatenate([plan.order, np.full(extra * plan.block, m)]),
+        inverse=plan.inverse,
+        block_class=np.concatenate([plan.block_class, np.zeros(extra, np.int32)]),
+        block=plan.block,
+    )
+
+
 def plan_samples(m: int, chunk_size: int | None = None) -> BlockPlan:
     """Blocked layout of m samples in their own order (no classes)."""
     b = choose_block([m], chunk_size)
@@ -344,7 +361,7 @@ def _block_statistics(y, valid, rep_set, rep_class, weights):
     return jnp.max(jnp.where(valid, rows, 0.0), axis=1)
 
 
-def _health_from_blocks(stats, Pi, block_class, operators=None):
+def health_from_blocks(stats, Pi, block_class, operators=None):
     """The ``_guards.layer_health`` table from (n, 3) per-block maxima."""
     from redunet_jax._guards import health_table
 
@@ -386,7 +403,7 @@ def packed_health(Yb, Pi, weights, plan, operators=None) -> jax.Array:
     stats = jax.vmap(_block_statistics, in_axes=(0, 0, None, 0, None))(
         Yb, valid, rep_set, rep_class[block_class], weights.astype(Yb.dtype)
     )
-    return _health_from_blocks(stats, Pi, block_class, operators)
+    return health_from_blocks(stats, Pi, block_class, operators)
 
 
 def _add_block_gram(G, j, y):
@@ -417,7 +434,19 @@ def accumulated_grams(Yb, block_class, num_classes: int):
     return jax.lax.fori_loop(0, n, body, G)
 
 
-def _sweep(R, gamma, Yb, weights, eta, lam, plan, num_classes, Pi_blocks=None):
+def sweep(
+    R,
+    gamma,
+    Yb,
+    weights,
+    eta,
+    lam,
+    block_class,
+    valid,
+    reps,
+    num_classes,
+    Pi_blocks=None,
+):
     """Move class-pure packed blocks through a layer, one block at a time, in place.
 
     On the way, each input block yields its degeneracy statistics (see
@@ -425,16 +454,28 @@ def _sweep(R, gamma, Yb, weights, eta, lam, plan, num_classes, Pi_blocks=None):
     class, so the next layer's covariances and this layer's health cost no
     further pass over the features.
 
+    Args:
+      R: (F, 2C, (k + 1) 2C) right multipliers of E and every C_j
+        (:func:`real_blocks`).
+      gamma: (k,) class proportions.
+      Yb: (n, F, b, 2C) packed features, each block of one class.
+      weights: (F,) bin weights.
+      eta: step size.
+      lam: inverse temperature of ``pihat``.
+      block_class: (n,) class of every block.
+      valid: (n, b) which slots hold samples.
+      reps: ``(rep_set, rep_class)``, sample 0 (F, 2C) and the first member
+        of every class (k, F, 2C), from all the features.
+      num_classes: number of classes k.
+      Pi_blocks: optional (n, b, k) memberships that replace ``pihat``.
+
     Returns:
       ``(Yb_next, grams_next, stats)``: the moved features, the (k, F, 2C, 2C)
       class Gram matrices of the moved features, and (n, 3) per-block maxima
       of the input features.
     """
-    order, _, block_class = plan
     n, F, b, C2 = Yb.shape
-    m = plan[1].shape[0]
-    valid = (order < m).reshape(n, b)
-    rep_set, rep_class = _representatives(Yb, plan, num_classes)
+    rep_set, rep_class = reps
 
     def body(i, carry):
         Yb, G, stats = carry
@@ -506,11 +547,14 @@ def packed_step(
     )
     R = real_blocks(jnp.concatenate([layer.E_hat[None], layer.C_hat]))
     Pi_blocks = pack_rows(Pi, order, block) if use_labels else None
-    Yb, grams, stats = _sweep(
-        R, layer.gamma, Yb, weights, eta, lam, plan, Pi.shape[1], Pi_blocks
+    m, k = Pi.shape
+    valid = (order < m).reshape(Yb.shape[0], Yb.shape[2])
+    reps = _representatives(Yb, plan, k)
+    Yb, grams, stats = sweep(
+        R, layer.gamma, Yb, weights, eta, lam, block_class, valid, reps, k, Pi_blocks
     )
     operators = (layer.E_hat, layer.C_hat)
-    health = _health_from_blocks(stats, Pi, block_class, operators)
+    health = health_from_blocks(stats, Pi, block_class, operators)
     return layer, Yb, grams, rates, health
 
 

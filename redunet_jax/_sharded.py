@@ -39,12 +39,11 @@ from redunet_jax._circulant import _layer_from_covariances
 from redunet_jax._fourier import _bin_weights
 from redunet_jax._linalg import scaled_inverse_and_logdet
 from redunet_jax._packed import (
-    BlockPlan,
     pack,
     pack_rows,
     packed_covariances,
     packed_move,
-    plan_blocks,
+    padded_plan,
     unpack,
 )
 from redunet_jax._rates import class_counts, rates_from_logdets, vector_covariances
@@ -238,23 +237,8 @@ def _sharded_step(
 
 
 def sharded_plan(labels, num_classes: int, num_devices: int, chunk_size=None):
-    """:func:`plan_blocks` with the number of blocks padded to a multiple of D.
-
-    The extra blocks hold only zero slots (sample index ``m``) and are
-    assigned to class 0, to which they add nothing.
-
-    Returns:
-      A :class:`BlockPlan`.
-    """
-    plan = plan_blocks(labels, num_classes, chunk_size)
-    m = int(np.asarray(labels).shape[0])
-    extra = -len(plan.block_class) % num_devices
-    return BlockPlan(
-        order=np.concatenate([plan.order, np.full(extra * plan.block, m)]),
-        inverse=plan.inverse,
-        block_class=np.concatenate([plan.block_class, np.zeros(extra, np.int32)]),
-        block=plan.block,
-    )
+    """:func:`plan_blocks` with the number of blocks padded to a multiple of D."""
+    return padded_plan(labels, num_classes, num_devices, chunk_size)
 
 
 def _place(x, sharding: NamedSharding):

@@ -123,36 +123,26 @@ def rfft_path(Z, y, k):
     once and then runs this step per layer, each on the previous layer's
     output (whose buffers it reuses), so the timed calls do the same: the
     first call moves the packed inputs, every later call the output of the
-    call before.
+    call before. The blocks are moved in as many concurrent parts as
+    construction uses on this machine (``_concurrent.concurrent_parts``).
     """
+    from redunet_jax._concurrent import PackedConstruction
     from redunet_jax._fourier import _irfft, _rfft
-    from redunet_jax._network import _from_packed, _packed_construction_step, _to_packed
-    from redunet_jax._packed import plan_blocks
 
     signal_shape = tuple(Z.shape[2:])
     Pi = jax.nn.one_hot(jnp.asarray(y), k, dtype=jnp.float32)
-    blocks = plan_blocks(np.asarray(y), k)
-    plan = tuple(jnp.asarray(a) for a in blocks[:3])
+    step = PackedConstruction(y, k, signal_shape=signal_shape, use_labels=False)
     scalars = _scalars()
-    features = [
-        _to_packed(_rfft(jnp.asarray(Z)), plan, num_classes=k, block=blocks.block)
-    ]
+    features = [step.to_carry(_rfft(jnp.asarray(Z)))]
 
     def run():
-        out = _packed_construction_step(
-            features.pop(),
-            Pi,
-            *scalars,
-            plan,
-            use_labels=False,
-            signal_shape=signal_shape,
-            block=blocks.block,
-        )
+        out = step(features.pop(), Pi, *scalars)
         features.append(out[1])
         return jax.block_until_ready(out)
 
     def decode(out):
-        return np.asarray(_irfft(_from_packed(out[1], plan), signal_shape), np.float64)
+        Z_hat = step.from_carry(out[1])
+        return np.asarray(_irfft(Z_hat, signal_shape), np.float64)
 
     return run, decode
 
@@ -460,11 +450,9 @@ def class_covariance_cost(Z, y, k, repeats: int) -> dict:
 def compile_report(Z, y, k, layer_counts=(2, 6)) -> dict:
     """Compile time of the layer step, and compiled steps per network depth."""
     from redunet_jax import construct
-    from redunet_jax._network import _packed_construction_step as step
+    from redunet_jax._concurrent import clear_compiled as clear
+    from redunet_jax._concurrent import compiled_sweeps as size
 
-    # Attributes of jitted functions that type checkers do not know about.
-    clear = getattr(step, "clear_cache")  # noqa: B009
-    size = getattr(step, "_cache_size")  # noqa: B009
     clear()
     start = time.perf_counter()
     construct(Z, y, num_classes=k, num_layers=1, invariant=True)

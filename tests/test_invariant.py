@@ -19,7 +19,7 @@ from redunet_jax import (
     shift_invariant_rate_reduction,
     transform,
 )
-from redunet_jax._network import _packed_construction_step
+from redunet_jax._concurrent import compiled_sweeps
 
 
 def signals(m_per_class=12, C=3, shape=(10,), k=2, seed=0):
@@ -101,9 +101,9 @@ def test_save_and_load_round_trip(built, tmp_path):
 
 def test_layer_step_compiles_once_for_many_layers():
     X, y = signals(m_per_class=7, C=2, shape=(9,), seed=3)  # a shape no other test uses
-    before = _packed_construction_step._cache_size()
+    before = compiled_sweeps()
     construct(X, y, num_classes=2, num_layers=50, invariant=True)
-    assert _packed_construction_step._cache_size() == before + 1
+    assert compiled_sweeps() == before + 1
 
 
 def test_lifted_pipeline_is_shift_invariant():

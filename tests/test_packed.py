@@ -207,6 +207,54 @@ def test_construction_matches_the_plain_build_and_move(use_labels):
     np.testing.assert_allclose(Z, _irfft(Z_hat, (4, 3)), atol=2e-5)
 
 
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_parts_moved_concurrently_match_the_plain_step(parts):
+    from redunet_jax._concurrent import PackedConstruction
+
+    X = np.random.default_rng(12).standard_normal((70, 2, 10)).astype(np.float32)
+    y = uneven_labels(70, 4, seed=13)
+    Z_hat, Pi = _rfft(normalize(jnp.asarray(X))), jax.nn.one_hot(y, 4)
+    weights = jnp.asarray(_bin_weights((10,)), jnp.float32)
+    hyper = [jnp.asarray(v, jnp.float32) for v in (0.1, 0.5, 500.0)]
+    step = PackedConstruction(
+        y, 4, signal_shape=(10,), use_labels=False, chunk_size=4, parts=parts
+    )
+    assert step.parts == parts and len(step.part_classes) == parts
+    carry = step.to_carry(Z_hat)
+    for _ in range(3):
+        layer, carry, rates, health = step(carry, Pi, *hyper)
+        ref_layer, ref_rates = _build_circulant_with_rates(Z_hat, Pi, 0.1, weights, 10)
+        Z_hat, _ = _move_circulant(ref_layer, Z_hat, 0.5, 500.0, weights)
+        np.testing.assert_allclose(layer.C_hat, ref_layer.C_hat, atol=2e-5)
+        np.testing.assert_allclose(
+            jnp.stack(rates), jnp.stack(ref_rates), rtol=1e-5, atol=1e-6
+        )
+        assert health.shape == (5, 4) and np.all(np.asarray(health)[:, 3] == 1.0)
+    np.testing.assert_allclose(step.from_carry(carry), Z_hat, atol=2e-5)
+
+
+def test_parts_run_in_the_callers_precision():
+    """Threads do not inherit JAX's per-thread configuration (enable_x64)."""
+    from redunet_jax._concurrent import PackedConstruction
+
+    X = np.random.default_rng(14).standard_normal((40, 2, 6))
+    y = np.arange(40) % 2
+    with jax.enable_x64(True):
+        Z_hat, Pi = _rfft(normalize(jnp.asarray(X))), jax.nn.one_hot(y, 2)
+        assert Z_hat.dtype == jnp.complex128
+        step = PackedConstruction(
+            y, 2, signal_shape=(6,), use_labels=False, chunk_size=5, parts=2
+        )
+        hyper = [jnp.asarray(v, jnp.float64) for v in (0.1, 0.5, 500.0)]
+        layer, carry, _, _ = step(step.to_carry(Z_hat), Pi, *hyper)
+        weights = jnp.asarray(_bin_weights((6,)), jnp.float64)
+        ref_layer, _ = _build_circulant_with_rates(Z_hat, Pi, 0.1, weights, 6)
+        ref, _ = _move_circulant(ref_layer, Z_hat, 0.5, 500.0, weights)
+        moved = step.from_carry(carry)
+    assert moved.dtype == jnp.complex128
+    np.testing.assert_allclose(moved, ref, atol=1e-12)
+
+
 def test_construct_rejects_bad_chunk_size():
     X = np.ones((4, 1, 4), np.float32)
     with pytest.raises(ValueError, match="chunk_size"):
