@@ -377,35 +377,6 @@ def health_from_blocks(stats, Pi, block_class, operators=None):
     return health_table(counts, devs, norms, operators)
 
 
-def packed_health(Yb, Pi, weights, plan, operators=None) -> jax.Array:
-    """``_guards.layer_health`` of packed features; padding slots are ignored.
-
-    The representative of the whole set is sample 0 and that of class j its
-    first member; squared norms are weighted over bins as in
-    ``weighted_sq_norm``.
-
-    Args:
-      Yb: (n, F, b, 2C) packed features laid out by ``plan``.
-      Pi: (m, k) one-hot memberships.
-      weights: (F,) bin weights.
-      plan: ``(order, inverse, block_class)`` arrays of a :class:`BlockPlan`
-        whose blocks each hold one class.
-      operators: optional ``(E_hat, C_hat)`` of the layer built from ``Yb``.
-
-    Returns:
-      The (k + 1, 4) table of ``_guards.layer_health``.
-    """
-    order, _, block_class = plan
-    n, _, b, _ = Yb.shape
-    m, k = Pi.shape
-    valid = (order < m).reshape(n, b)
-    rep_set, rep_class = _representatives(Yb, plan, k)
-    stats = jax.vmap(_block_statistics, in_axes=(0, 0, None, 0, None))(
-        Yb, valid, rep_set, rep_class[block_class], weights.astype(Yb.dtype)
-    )
-    return health_from_blocks(stats, Pi, block_class, operators)
-
-
 def _add_block_gram(G, j, y):
     """``G`` with the Gram matrices of block ``y`` (F, b, 2C) added to class j.
 
@@ -449,10 +420,10 @@ def sweep(
 ):
     """Move class-pure packed blocks through a layer, one block at a time, in place.
 
-    On the way, each input block yields its degeneracy statistics (see
-    :func:`packed_health`) and each output block adds its Gram matrices to its
-    class, so the next layer's covariances and this layer's health cost no
-    further pass over the features.
+    On the way, each input block yields its degeneracy statistics (those of
+    ``_guards.layer_health``, padding slots ignored) and each output block
+    adds its Gram matrices to its class, so the next layer's covariances and
+    this layer's health cost no further pass over the features.
 
     Args:
       R: (F, 2C, (k + 1) 2C) right multipliers of E and every C_j

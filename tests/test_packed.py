@@ -19,7 +19,6 @@ from redunet_jax._packed import (
     pack,
     packed_covariances,
     packed_forward,
-    packed_health,
     packed_layer_step,
     plan_blocks,
     plan_samples,
@@ -165,9 +164,15 @@ def test_construct_and_transform_agree_with_the_plain_path():
     np.testing.assert_allclose(transform(net, X), Z, atol=1e-5)
 
 
-@pytest.mark.parametrize("signal_shape", [(10,), (3, 4)])
-@pytest.mark.parametrize("chunk_size", [None, 3, 7])
-def test_packed_health_equals_the_plain_statistics(signal_shape, chunk_size):
+@pytest.mark.parametrize(
+    ("signal_shape", "chunk_size", "parts"),
+    [((10,), None, 1), ((10,), 3, 2), ((3, 4), 7, 2), ((3, 4), 3, 3)],
+)
+def test_guard_statistics_of_the_step_equal_the_plain_ones(
+    signal_shape, chunk_size, parts
+):
+    from redunet_jax._concurrent import PackedConstruction
+
     Z_hat = np.array(coefficients(47, 3, signal_shape, seed=8))
     y = uneven_labels(47, 5, seed=9)
     Z_hat[y == 1] = Z_hat[np.flatnonzero(y == 1)[0]]  # a collapsed class
@@ -175,17 +180,23 @@ def test_packed_health_equals_the_plain_statistics(signal_shape, chunk_size):
     Z_hat = jnp.asarray(Z_hat)
     Pi = jax.nn.one_hot(y, 5)
     weights = jnp.asarray(_bin_weights(signal_shape), jnp.float32)
-    plan = plan_blocks(y, 5, chunk_size)
-    arrays = tuple(jnp.asarray(a) for a in plan[:3])
-    Yb = pack(Z_hat, arrays[0], plan.block)
-    operators = (jnp.full((2, 2), jnp.nan), jnp.ones((5, 2, 2)))
+    step = PackedConstruction(
+        y,
+        5,
+        signal_shape=signal_shape,
+        use_labels=False,
+        chunk_size=chunk_size,
+        parts=parts,
+    )
+    hyper = [jnp.asarray(v, jnp.float32) for v in (0.1, 0.5, 500.0)]
+    layer, _, _, fast = step(step.to_carry(Z_hat), Pi, *hyper)
 
-    fast = packed_health(Yb, Pi, weights, arrays, operators)
     sq_norm = lambda Z: weighted_sq_norm(Z, weights)  # noqa: E731
-    plain = layer_health(Z_hat, Pi, sq_norm, operators)
+    plain = layer_health(Z_hat, Pi, sq_norm, (layer.E_hat, layer.C_hat))
     np.testing.assert_allclose(fast, plain, rtol=1e-6)
     # Exact zeros for the collapsed and the zero class, as on the plain path.
-    assert fast[2, 1] == 0.0 and fast[3, 2] == 0.0 and fast[0, 3] == 0.0
+    assert fast[2, 1] == 0.0 and fast[3, 2] == 0.0 and fast[3, 1] == 0.0
+    assert fast[5, 0] == 0.0  # the empty class
 
 
 @pytest.mark.parametrize("use_labels", [False, True])
