@@ -32,17 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from redunet_jax._circulant import _layer_from_covariances
 from redunet_jax._fourier import _bin_weights
 from redunet_jax._packed import (
     accumulated_grams,
-    covariances_from_grams,
     health_from_blocks,
+    layer_from_grams,
     pack,
     pack_rows,
     padded_plan,
     plan_blocks,
-    real_blocks,
     sweep,
     unpack,
 )
@@ -127,15 +125,7 @@ def _build(
     for more in grams[1:]:
         G = G + more
     Pi = Pi.astype(G.dtype)
-    layer, rates = _layer_from_covariances(
-        covariances_from_grams(G),
-        jnp.sum(Pi, axis=0),
-        Pi.shape[0],
-        eps_sq,
-        weights,
-        num_positions,
-    )
-    R = real_blocks(jnp.concatenate([layer.E_hat[None], layer.C_hat]))
+    layer, rates, R = layer_from_grams(G, Pi, eps_sq, weights, num_positions)
 
     (part, index, row), firsts = rep_slots
     rep_set = Y_parts[part][index, :, row]

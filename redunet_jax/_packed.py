@@ -464,6 +464,34 @@ def sweep(
     return jax.lax.fori_loop(0, n, body, (Yb, G, stats))
 
 
+def layer_from_grams(grams, Pi, eps_sq, weights, num_positions):
+    """Layer, rates of its features and right multipliers from class Grams.
+
+    Args:
+      grams: (k, F, 2C, 2C) class Gram matrices of the packed features.
+      Pi: (m, k) one-hot memberships in the features' real dtype.
+      eps_sq: distortion.
+      weights: (F,) bin weights.
+      num_positions: T (H * W in 2D).
+
+    Returns:
+      ``(layer, rates, R)`` with ``R`` from :func:`real_blocks` of E and
+      every C_j.
+    """
+    from redunet_jax._circulant import _layer_from_covariances
+
+    layer, rates = _layer_from_covariances(
+        covariances_from_grams(grams),
+        jnp.sum(Pi, axis=0),
+        Pi.shape[0],
+        eps_sq,
+        weights,
+        num_positions,
+    )
+    R = real_blocks(jnp.concatenate([layer.E_hat[None], layer.C_hat]))
+    return layer, rates, R
+
+
 def packed_step(
     Yb,
     grams,
@@ -503,20 +531,10 @@ def packed_step(
       the packed output features and their class Gram matrices, the rates of
       ``Yb`` and its ``_guards.layer_health`` table.
     """
-    from redunet_jax._circulant import _layer_from_covariances
-
     order, _, block_class = plan
     Pi = Pi.astype(Yb.dtype)
     weights = weights.astype(Yb.dtype)
-    layer, rates = _layer_from_covariances(
-        covariances_from_grams(grams),
-        jnp.sum(Pi, axis=0),
-        Pi.shape[0],
-        eps_sq,
-        weights,
-        num_positions,
-    )
-    R = real_blocks(jnp.concatenate([layer.E_hat[None], layer.C_hat]))
+    layer, rates, R = layer_from_grams(grams, Pi, eps_sq, weights, num_positions)
     Pi_blocks = pack_rows(Pi, order, block) if use_labels else None
     m, k = Pi.shape
     valid = (order < m).reshape(Yb.shape[0], Yb.shape[2])
