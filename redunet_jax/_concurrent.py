@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from redunet_jax._checks import is_concrete
 from redunet_jax._fourier import _bin_weights
 from redunet_jax._packed import (
     accumulated_grams,
@@ -56,13 +57,14 @@ _PROGRAMS: dict = {}
 
 def compiled_sweeps() -> int:
     """How many sweep programs have been compiled (both ways of calling it)."""
-    return _sweep_part._cache_size() + len(_PROGRAMS)
+    # An attribute of jitted functions that type checkers do not know about.
+    return getattr(_sweep_part, "_cache_size")() + len(_PROGRAMS)  # noqa: B009
 
 
 def clear_compiled() -> None:
     """Forget every compiled program of the step (the next one compiles again)."""
     for program in (_to_parts, _from_parts, _build, _sweep_part, _health):
-        program.clear_cache()
+        getattr(program, "clear_cache")()  # noqa: B009
     _PROGRAMS.clear()
 
 
@@ -279,7 +281,7 @@ class PackedConstruction:
                 None if Pi_blocks is None else Pi_blocks[p],
             )
 
-        if self.parts == 1 or isinstance(Y_parts[0], jax.core.Tracer):
+        if self.parts == 1 or not is_concrete(Y_parts[0]):
             moved = [
                 _sweep_part(*arguments(p), num_classes=self.num_classes)
                 for p in range(self.parts)

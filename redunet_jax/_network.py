@@ -553,7 +553,9 @@ def construct(
         # imports this module.
         from redunet_jax._checkpoint import open_checkpoints
 
-        settings = dict(num_classes=num_classes, eta=eta, eps_sq=eps_sq, lam=lam)
+        settings: dict[str, object] = dict(
+            num_classes=num_classes, eta=eta, eps_sq=eps_sq, lam=lam
+        )
         settings.update(invariant=bool(invariant), use_labels=bool(use_labels))
         # The block size changes the rounding of the covariance sums.
         settings.update(chunk_size=chunk_size)
