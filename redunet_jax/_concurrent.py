@@ -228,7 +228,8 @@ class PackedConstruction:
         """The sweep compiled for these arguments, in the caller's JAX context."""
         leaves, tree = jax.tree.flatten(arguments)
         x64 = jax.dtypes.canonicalize_dtype(jnp.float64) == np.dtype(np.float64)
-        shapes = tuple((x.shape, x.dtype, _weak(x)) for x in leaves)
+        # A program is compiled for the devices of its inputs.
+        shapes = tuple((x.shape, x.dtype, _weak(x), x.sharding) for x in leaves)
         key = (self.num_classes, x64, tree, shapes)
         if key not in _PROGRAMS:
             lowered = _sweep_part.lower(*arguments, num_classes=self.num_classes)
@@ -281,7 +282,11 @@ class PackedConstruction:
                 None if Pi_blocks is None else Pi_blocks[p],
             )
 
-        if self.parts == 1 or not is_concrete(Y_parts[0]):
+        # Traced or with jit disabled, the parts are moved one after another:
+        # tracing state is per thread, and disabled jit compiles nothing.
+        disabled = getattr(jax.config, "jax_disable_jit")  # noqa: B009 (untyped)
+        plain = not is_concrete(Y_parts[0]) or disabled
+        if self.parts == 1 or plain:
             moved = [
                 _sweep_part(*arguments(p), num_classes=self.num_classes)
                 for p in range(self.parts)

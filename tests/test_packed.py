@@ -266,6 +266,22 @@ def test_parts_run_in_the_callers_precision():
     np.testing.assert_allclose(moved, ref, atol=1e-12)
 
 
+def test_parts_run_with_jit_disabled():
+    from redunet_jax._concurrent import PackedConstruction
+
+    X = np.random.default_rng(15).standard_normal((12, 1, 4)).astype(np.float32)
+    y = np.arange(12) % 2
+    Z_hat, Pi = _rfft(normalize(jnp.asarray(X))), jax.nn.one_hot(y, 2)
+    step = PackedConstruction(
+        y, 2, signal_shape=(4,), use_labels=False, chunk_size=3, parts=2
+    )
+    hyper = [jnp.asarray(v, jnp.float32) for v in (0.1, 0.5, 500.0)]
+    expected = step.from_carry(step(step.to_carry(Z_hat), Pi, *hyper)[1])
+    with jax.disable_jit():
+        moved = step.from_carry(step(step.to_carry(Z_hat), Pi, *hyper)[1])
+    np.testing.assert_allclose(moved, expected, atol=1e-6)
+
+
 def test_construct_rejects_bad_chunk_size():
     X = np.ones((4, 1, 4), np.float32)
     with pytest.raises(ValueError, match="chunk_size"):

@@ -73,6 +73,19 @@ SCRIPT = textwrap.dedent(
     X = rng.standard_normal((45, 3, 8))
     compare("invariant", X, invariant=True, chunk_size=8)
 
+    # Without a mesh, invariant construction (its blocks moved in concurrent
+    # parts) computes on the device of its input, whatever ran before.
+    Xi = rng.standard_normal((30, 2, 6)).astype(np.float32)
+    yi = np.arange(30) % 3
+    placed, results = [], []
+    for where in (jax.devices()[1], None, jax.devices()[0]):
+        Xin = Xi if where is None else jax.device_put(jnp.asarray(Xi), where)
+        _, Zi = construct(Xin, yi, num_classes=3, num_layers=2, invariant=True)
+        placed.append(sorted(d.id for d in Zi.devices()))
+        results.append(Zi)
+    out["placement"] = placed
+    out["placement_gap"] = max(gap(results[0], r) for r in results)
+
     # The step factors its share in one batched Cholesky call per device.
     plan = sharded_plan(y, 4, 2, 8)
     Z = jnp.zeros((45, 3, 5), jnp.complex64)
@@ -129,6 +142,11 @@ def test_sharded_step_factors_once_per_device_on_padded_blocks(sharded_results):
     assert sharded_results["cholesky_share"]
     # 3 + 3 + 1 class-pure blocks of 8 samples, padded with a zero block.
     assert sharded_results["padded_blocks"] == [8, 45]
+
+
+def test_invariant_construction_follows_the_input_device(sharded_results):
+    assert sharded_results["placement"] == [[1], [0], [0]]
+    assert sharded_results["placement_gap"] == 0.0
 
 
 def test_mesh_must_be_a_one_axis_mesh():
