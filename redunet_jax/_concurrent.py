@@ -72,14 +72,21 @@ def _weak(x) -> bool:
     return bool(getattr(x, "weak_type", False))
 
 
-def concurrent_parts(num_blocks: int) -> int:
+def concurrent_parts(num_blocks: int, m: int, k: int, channels: int | None) -> int:
     """Number of parts construction moves at once: the CPU cores, at most 8.
 
     One on accelerators, where a single program already uses the device.
+    Every part carries its own k class Gram matrices, (2C)² numbers per bin
+    and class against 2C per bin and sample for the features, so the parts
+    are also limited to m / (2 k C): their Gram matrices together never take
+    more memory than the features (given ``channels`` C).
     """
     if jax.default_backend() != "cpu":
         return 1
-    return max(1, min(os.cpu_count() or 1, MAX_PARTS, num_blocks))
+    parts = min(os.cpu_count() or 1, MAX_PARTS, num_blocks)
+    if channels is not None:
+        parts = min(parts, m // (2 * k * channels))
+    return max(1, parts)
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -183,6 +190,7 @@ class PackedConstruction:
       use_labels: move with the label memberships instead of ``pihat``.
       chunk_size: samples per block, or ``None`` to choose.
       parts: number of parts, or ``None`` for :func:`concurrent_parts`.
+      channels: C, which bounds the automatic number of parts by memory.
     """
 
     def __init__(
@@ -194,12 +202,14 @@ class PackedConstruction:
         use_labels: bool,
         chunk_size=None,
         parts: int | None = None,
+        channels: int | None = None,
     ):
         labels = np.asarray(labels)
         m = labels.shape[0]
         plain = plan_blocks(labels, num_classes, chunk_size)
         if parts is None:
-            parts = concurrent_parts(len(plain.block_class))
+            blocks = len(plain.block_class)
+            parts = concurrent_parts(blocks, m, num_classes, channels)
         plan = padded_plan(labels, num_classes, parts, chunk_size)
         n, b = len(plan.block_class), plan.block
         per = n // parts

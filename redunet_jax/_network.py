@@ -534,6 +534,7 @@ def construct(
             signal_shape=signal_shape,
             use_labels=use_labels,
             chunk_size=chunk_size,
+            channels=X.shape[1],
         )
         to_carry, from_carry = step.to_carry, step.from_carry
     elif mesh is None:

@@ -131,7 +131,9 @@ def rfft_path(Z, y, k):
 
     signal_shape = tuple(Z.shape[2:])
     Pi = jax.nn.one_hot(jnp.asarray(y), k, dtype=jnp.float32)
-    step = PackedConstruction(y, k, signal_shape=signal_shape, use_labels=False)
+    step = PackedConstruction(
+        y, k, signal_shape=signal_shape, use_labels=False, channels=Z.shape[1]
+    )
     scalars = _scalars()
     features = [step.to_carry(_rfft(jnp.asarray(Z)))]
 

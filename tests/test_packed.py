@@ -266,6 +266,18 @@ def test_parts_run_in_the_callers_precision():
     np.testing.assert_allclose(moved, ref, atol=1e-12)
 
 
+def test_number_of_parts_follows_cores_blocks_and_memory(monkeypatch):
+    from redunet_jax._concurrent import concurrent_parts
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert concurrent_parts(40, 1000, 10, None) == 8  # at most 8
+    assert concurrent_parts(3, 1000, 10, None) == 3  # at most the blocks
+    assert concurrent_parts(40, 1000, 10, 16) == 3  # 1000 // (2 * 10 * 16)
+    assert concurrent_parts(40, 1000, 10, 75) == 1  # Grams beyond the features
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert concurrent_parts(40, 1000, 10, None) == 1
+
+
 def test_parts_run_with_jit_disabled():
     from redunet_jax._concurrent import PackedConstruction
 
