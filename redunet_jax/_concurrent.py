@@ -78,14 +78,14 @@ def concurrent_parts(num_blocks: int, m: int, k: int, channels: int | None) -> i
     One on accelerators, where a single program already uses the device.
     Every part carries its own k class Gram matrices, (2C)² numbers per bin
     and class against 2C per bin and sample for the features, so the parts
-    are also limited to m / (2 k C): their Gram matrices together never take
-    more memory than the features (given ``channels`` C).
+    are also limited to m / (k C): their Gram matrices together never take
+    more than twice the memory of the features (given ``channels`` C).
     """
     if jax.default_backend() != "cpu":
         return 1
     parts = min(os.cpu_count() or 1, MAX_PARTS, num_blocks)
     if channels is not None:
-        parts = min(parts, m // (2 * k * channels))
+        parts = min(parts, m // (k * channels))
     return max(1, parts)
 
 

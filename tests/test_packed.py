@@ -272,8 +272,8 @@ def test_number_of_parts_follows_cores_blocks_and_memory(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert concurrent_parts(40, 1000, 10, None) == 8  # at most 8
     assert concurrent_parts(3, 1000, 10, None) == 3  # at most the blocks
-    assert concurrent_parts(40, 1000, 10, 16) == 3  # 1000 // (2 * 10 * 16)
-    assert concurrent_parts(40, 1000, 10, 75) == 1  # Grams beyond the features
+    assert concurrent_parts(40, 1000, 10, 16) == 6  # 1000 // (10 * 16)
+    assert concurrent_parts(40, 1000, 10, 75) == 1  # Grams beyond 2x the features
     monkeypatch.setattr("os.cpu_count", lambda: None)
     assert concurrent_parts(40, 1000, 10, None) == 1
 
