@@ -41,7 +41,7 @@ from redunet_jax._fourier import (
 )
 from redunet_jax._guards import DegeneracyGuard, layer_health, resolve_compute_dtype
 from redunet_jax._linalg import safe_norm, single_threaded_lapack
-from redunet_jax._packed import packed_forward, packed_layer_step, plan_blocks
+from redunet_jax._packed import packed_forward, plan_blocks
 from redunet_jax._rates import Rates, _vector_rates, paired_rates
 from redunet_jax._sharded import check_mesh, sharded_construction_step
 from redunet_jax._spectral_rates import _spectral_rates
@@ -232,9 +232,10 @@ def _construction_step(
     """Build a layer from ``Z``, move ``Z``; also returns the rates of ``Z``.
 
     Given a ``plan`` (class-sorted sample blocks, see ``_packed.plan_blocks``),
-    shift-invariant layers take the packed real fast path and vector layers
-    sum their class covariances over blocks; ``classes`` are precomputed
-    vector class operators (``_vector.woodbury_classes``).
+    vector layers sum their class covariances over blocks; ``classes`` are
+    precomputed vector class operators (``_vector.woodbury_classes``).
+    Shift-invariant construction runs ``_concurrent.PackedConstruction``
+    instead; this plain step is its reference.
     """
     domain = _domain(signal_shape)
     if plan is not None and signal_shape is None:
@@ -242,20 +243,6 @@ def _construction_step(
             Z, Pi, eps_sq, plan, block=block, groups=groups, classes=classes
         )
         Z_next, _ = domain.move(layer, Z, eta, lam, Pi if use_labels else None)
-    elif plan is not None and signal_shape is not None:
-        layer, Z_next, rates = packed_layer_step(
-            Z,
-            Pi,
-            eps_sq,
-            eta,
-            lam,
-            jnp.asarray(_bin_weights(signal_shape), Z.real.dtype),
-            math.prod(signal_shape),
-            plan,
-            block=block,
-            use_labels=use_labels,
-            groups=groups,
-        )
     else:
         layer, rates = domain.build(Z, Pi, eps_sq)
         Z_next, _ = domain.move(layer, Z, eta, lam, Pi if use_labels else None)

@@ -334,18 +334,6 @@ def _weighted_sq(x: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.tensordot(jnp.square(x).sum(-1), weights, axes=(-2, 0))
 
 
-def _representatives(Yb, plan, num_classes: int):
-    """Sample 0 (F, 2C) and the first member of every class (k, F, 2C).
-
-    The first member of class j is the first slot of the class's first block.
-    """
-    _, inverse, block_class = plan
-    b = Yb.shape[2]
-    classes = jnp.arange(num_classes)[:, None]
-    first_block = jnp.argmax(block_class[None, :] == classes, axis=1)
-    return Yb[inverse[0] // b, :, inverse[0] % b], Yb[first_block, :, 0]
-
-
 def _block_statistics(y, valid, rep_set, rep_class, weights):
     """Largest squared norm, distance to sample 0 and to the class representative.
 
@@ -490,105 +478,6 @@ def layer_from_grams(grams, Pi, eps_sq, weights, num_positions):
     )
     R = real_blocks(jnp.concatenate([layer.E_hat[None], layer.C_hat]))
     return layer, rates, R
-
-
-def packed_step(
-    Yb,
-    grams,
-    Pi,
-    eps_sq,
-    eta,
-    lam,
-    weights,
-    num_positions,
-    plan,
-    *,
-    block,
-    use_labels,
-):
-    """Build a layer from packed features and move them through it.
-
-    The features stay packed (see :func:`pack`) from one layer to the next,
-    with their class Gram matrices: construction packs once, computes the
-    Gram matrices once (:func:`class_grams`) and unpacks once; every step
-    gets the next Gram matrices from the blocks it has just moved.
-
-    Args:
-      Yb: (n, F, b, 2C) packed features laid out by ``plan``.
-      grams: (k, F, 2C, 2C) class Gram matrices of ``Yb``.
-      Pi: (m, k) one-hot memberships.
-      eps_sq: distortion.
-      eta: step size.
-      lam: inverse temperature of ``pihat``.
-      weights: (F,) bin weights.
-      num_positions: T (H * W in 2D).
-      plan: ``(order, inverse, block_class)`` arrays of a :class:`BlockPlan`.
-      block: samples per block.
-      use_labels: move with ``Pi`` instead of ``pihat``.
-
-    Returns:
-      ``(layer, Yb_next, grams_next, rates, health)``: the ``CirculantLayer``,
-      the packed output features and their class Gram matrices, the rates of
-      ``Yb`` and its ``_guards.layer_health`` table.
-    """
-    order, _, block_class = plan
-    Pi = Pi.astype(Yb.dtype)
-    weights = weights.astype(Yb.dtype)
-    layer, rates, R = layer_from_grams(grams, Pi, eps_sq, weights, num_positions)
-    Pi_blocks = pack_rows(Pi, order, block) if use_labels else None
-    m, k = Pi.shape
-    valid = (order < m).reshape(Yb.shape[0], Yb.shape[2])
-    reps = _representatives(Yb, plan, k)
-    Yb, grams, stats = sweep(
-        R, layer.gamma, Yb, weights, eta, lam, block_class, valid, reps, k, Pi_blocks
-    )
-    operators = (layer.E_hat, layer.C_hat)
-    health = health_from_blocks(stats, Pi, block_class, operators)
-    return layer, Yb, grams, rates, health
-
-
-def packed_layer_step(
-    Z_hat,
-    Pi,
-    eps_sq,
-    eta,
-    lam,
-    weights,
-    num_positions,
-    plan,
-    *,
-    block,
-    use_labels,
-    groups=None,
-):
-    """:func:`packed_step` on (m, C, F) coefficients: pack, step, unpack.
-
-    Equal to ``_build_circulant_with_rates`` followed by ``_move_circulant``
-    for one-hot memberships ``Pi`` laid out by ``plan`` (from
-    :func:`plan_blocks`).
-
-    Returns:
-      ``(layer, Z_hat_next, rates)``: the ``CirculantLayer``, (m, C, F) output
-      coefficients and the rates of ``Z_hat``.
-    """
-    order, inverse, block_class = plan
-    Pi = Pi.astype(jnp.finfo(Z_hat.dtype).dtype)
-    Yb = pack(Z_hat, order, block)
-    grams = class_grams(Yb, block_class, Pi.shape[1], groups=groups)
-    layer, Yb, _, rates, _ = packed_step(
-        Yb,
-        grams,
-        Pi,
-        eps_sq,
-        eta,
-        lam,
-        weights,
-        num_positions,
-        plan,
-        block=block,
-        use_labels=use_labels,
-    )
-    return layer, unpack(Yb, inverse), rates
 
 
 def packed_forward(layers, Z_hat, weights, eta, lam, *, chunk_size=None):

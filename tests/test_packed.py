@@ -11,6 +11,7 @@ from redunet_jax._circulant import (
     _build_circulant_with_rates,
     _move_circulant,
 )
+from redunet_jax._concurrent import PackedConstruction
 from redunet_jax._fourier import _bin_weights, _irfft, _rfft, weighted_sq_norm
 from redunet_jax._guards import layer_health
 from redunet_jax._network import encoded_forward, normalize
@@ -19,7 +20,6 @@ from redunet_jax._packed import (
     pack,
     packed_covariances,
     packed_forward,
-    packed_layer_step,
     plan_blocks,
     plan_samples,
     unpack,
@@ -87,27 +87,18 @@ def test_pack_round_trips_and_covariances_match_reference(route, monkeypatch):
 
 @pytest.mark.parametrize("signal_shape", [(10,), (4, 5)])
 @pytest.mark.parametrize("use_labels", [False, True])
-def test_packed_layer_step_matches_build_then_move(signal_shape, use_labels):
+def test_packed_step_matches_build_then_move(signal_shape, use_labels):
     Z_hat = coefficients(45, 3, signal_shape, seed=2)
     y = uneven_labels(45, 4, seed=3)
     Pi = jax.nn.one_hot(y, 4)
     weights = jnp.asarray(_bin_weights(signal_shape), jnp.float32)
     T = int(np.prod(signal_shape))
-    plan = plan_blocks(y, 4, 8)
-
-    layer, Z_next, rates = packed_layer_step(
-        Z_hat,
-        Pi,
-        0.1,
-        0.5,
-        50.0,
-        weights,
-        T,
-        tuple(jnp.asarray(a) for a in plan[:3]),
-        block=plan.block,
-        use_labels=use_labels,
-        groups=plan.groups,
+    step = PackedConstruction(
+        y, 4, signal_shape=signal_shape, use_labels=use_labels, chunk_size=8, parts=1
     )
+    hyper = [jnp.asarray(v, jnp.float32) for v in (0.1, 0.5, 50.0)]
+    layer, carry, rates, _ = step(step.to_carry(Z_hat), Pi, *hyper)
+    Z_next = step.from_carry(carry)
     ref_layer, ref_rates = _build_circulant_with_rates(Z_hat, Pi, 0.1, weights, T)
     ref_next, _ = _move_circulant(
         ref_layer, Z_hat, 0.5, 50.0, weights, Pi if use_labels else None
