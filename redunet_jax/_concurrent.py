@@ -130,11 +130,8 @@ def _build(
     use_labels: bool,
 ):
     """Layer, rates, right multipliers, representatives and label blocks."""
-    G = grams[0]
-    for more in grams[1:]:
-        G = G + more
-    Pi = Pi.astype(G.dtype)
-    layer, rates, R = layer_from_grams(G, Pi, eps_sq, weights, num_positions)
+    Pi = Pi.astype(grams[0].dtype)
+    layer, rates, R = layer_from_grams(grams, Pi, eps_sq, weights, num_positions)
 
     (part, index, row), firsts = rep_slots
     rep_set = Y_parts[part][index, :, row]

@@ -229,16 +229,26 @@ def packed_covariances(
     )
 
 
-def covariances_from_grams(G: jax.Array) -> jax.Array:
+def covariances_from_grams(grams) -> jax.Array:
     """(k, F, 2C, 2C) real class Gram matrices to (k + 1, F, C, C) covariances.
 
     Row 0 is the covariance of all samples (the sum over classes), then one
     row per class, as :func:`packed_covariances` returns them.
+
+    Args:
+      grams: the class Gram matrices, or a sequence of them (one per part of
+        the samples) to be summed; the sum, the total over classes and the
+        complex covariances are then formed in one pass.
     """
-    C = G.shape[-1] // 2
-    # The sum over classes as a product with ones: XLA's CPU reduction over
+    parts = tuple(grams) if isinstance(grams, (tuple, list)) else (grams,)
+    first = parts[0]
+    C = first.shape[-1] // 2
+    # The sum over classes as products with ones: XLA's CPU reduction over
     # the leading axis is several times slower.
-    total = jnp.tensordot(jnp.ones(G.shape[0], G.dtype), G, axes=(0, 0))
+    ones = jnp.ones(first.shape[0], first.dtype)
+    G, total = first, jnp.tensordot(ones, first, axes=(0, 0))
+    for more in parts[1:]:
+        G, total = G + more, total + jnp.tensordot(ones, more, axes=(0, 0))
     G = jnp.concatenate([total[None], G])
     # For rows [x, u] of z = x + iu: z z^H = (x x' + u u') + i (u x' - x u').
     real = G[..., :C, :C] + G[..., C:, C:]
@@ -456,7 +466,8 @@ def layer_from_grams(grams, Pi, eps_sq, weights, num_positions):
     """Layer, rates of its features and right multipliers from class Grams.
 
     Args:
-      grams: (k, F, 2C, 2C) class Gram matrices of the packed features.
+      grams: (k, F, 2C, 2C) class Gram matrices of the packed features, or
+        a sequence of them to be summed (one per part).
       Pi: (m, k) one-hot memberships in the features' real dtype.
       eps_sq: distortion.
       weights: (F,) bin weights.
