@@ -52,6 +52,10 @@ def test_redunet_bench_quick_agrees_and_writes_json_and_figure(tmp_path):
     assert throughput["class_covariances"]["ratio"] > 0
     for row in [*throughput["phases"].values(), throughput["layer"]]:
         assert row["gflops"] > 0 and 0 < row["fraction_of_matmul"] < 1
+    layer = throughput["layer"]
+    assert throughput["rounds"] >= 20
+    assert layer["median_seconds"] >= layer["seconds"] > 0
+    assert 0 < layer["median_fraction_of_matmul"] < 1
     # Deeper networks reuse the one compiled layer step.
     assert set(result["compile"]["compiled_steps_by_num_layers"].values()) == {1}
     rows = result["memory_2d"]["constructions"]
@@ -156,3 +160,15 @@ def test_readme_speed_section_is_the_recorded_run():
     text = record_bench.README.read_text()
     assert record_bench.readme_block(text) == markdown_summary(payload)
     assert all(row["agree"] for row in payload["correctness"])
+
+
+def test_interleaved_timing_alternates_the_calls():
+    from redunet_jax.bench import interleaved
+
+    order = []
+    times = interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3
+    )
+    assert order == ["a", "b"] * 3
+    assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3}
+    assert all(t >= 0 for seconds in times.values() for t in seconds)
