@@ -25,6 +25,7 @@ from redunet_jax._checks import (
     check_int,
     check_labels,
     check_positive,
+    is_concrete,
 )
 from redunet_jax._circulant import (
     CirculantLayer,
@@ -182,8 +183,10 @@ class ReduNet:
 def normalize(Z: ArrayLike) -> jax.Array:
     """Scale every sample (row) of ``Z`` to unit Euclidean norm (zeros stay zero).
 
-    Each sample is first divided by its largest magnitude, so that the sum of
-    squares neither overflows nor underflows for samples of any scale.
+    Each sample is first scaled by a power of two that brings its largest
+    magnitude into [0.5, 1), so that the sum of squares neither overflows nor
+    underflows for samples of any finite scale (entries below the smallest
+    normal number, about 1.2e-38 in float32, count as zero on CPUs).
     bfloat16 and float16 samples are scaled in float32 and rounded once at the
     end, so the result keeps the dtype of ``Z`` (integers give the default
     float type) with at most one rounding error per entry.
@@ -196,6 +199,7 @@ def normalize(Z: ArrayLike) -> jax.Array:
 
     Raises:
       TypeError: if ``Z`` is not numeric.
+      ValueError: if concrete ``Z`` holds NaN or infinite values.
 
     Example:
       >>> import numpy as np
@@ -204,12 +208,27 @@ def normalize(Z: ArrayLike) -> jax.Array:
        [0.  0. ]]
     """
     Z = jnp.asarray(Z)
+    if is_concrete(Z) and jnp.issubdtype(Z.dtype, jnp.floating):
+        finite = np.isfinite(np.asarray(Z, np.float32 if Z.itemsize < 4 else None))
+        if not finite.all():
+            bad = int(finite.size - finite.sum())
+            raise ValueError(f"Z contains {bad} NaN or infinite values")
+    return _normalize(Z)
+
+
+def _normalize(Z: jax.Array) -> jax.Array:
+    """:func:`normalize` without the check of the values (callers checked them)."""
     floating = jnp.issubdtype(Z.dtype, jnp.floating)
     out_dtype = Z.dtype if floating else jnp.result_type(float)
     Z = Z.astype(jnp.promote_types(out_dtype, jnp.float32))
     axes = tuple(range(1, Z.ndim))
     peak = jnp.max(jnp.abs(Z), axis=axes, keepdims=True)
-    Z = Z / jnp.where(peak > 0, peak, 1.0)
+    # Scaled by powers of two (exact), in two halves: near the top of the
+    # range 1 / peak is below the smallest normal number, which CPUs flush to
+    # zero, and the compiler may turn a division into that reciprocal.
+    _, exponent = jnp.frexp(jnp.where(peak > 0, peak, 1.0))
+    half = exponent // 2
+    Z = jnp.ldexp(jnp.ldexp(Z, -half), half - exponent)
     Z = Z / jnp.expand_dims(safe_norm(Z, axis=axes, floor=NORM_FLOOR), axes)
     return Z.astype(out_dtype)
 
@@ -627,7 +646,7 @@ def _normalized_as(X, dtype) -> jax.Array:
     first, so that float64 values beyond the float32 range still normalize.
     """
     X = jnp.asarray(X)
-    return normalize(X.astype(jnp.promote_types(X.dtype, dtype))).astype(dtype)
+    return _normalize(X.astype(jnp.promote_types(X.dtype, dtype))).astype(dtype)
 
 
 def encoded_forward(layers, X, *, signal_shape, eta, lam, num_classes: int):

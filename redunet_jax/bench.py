@@ -939,6 +939,33 @@ def write_results(payload: dict, out: Path) -> tuple[Path, Path]:
     return json_path, png_path
 
 
+def throughput_line(T: int, t: dict) -> str:
+    """The Markdown bullet on the layer's share of the matmul throughput."""
+    layer = t["layer"]
+    head = (
+        f"- At T = {T} the layer step does {layer['gflop']:.2f} GFLOP "
+        "(8 per complex multiply-add)."
+    )
+    complex_rate = (
+        f"Batched complex64 products reach {t['batched_complex64_gflops']:.0f} GFLOP/s."
+    )
+    if "rounds" not in t:  # runs recorded before the alternating timing
+        return (
+            f"{head} In {layer['seconds'] * 1e3:.1f} ms: {layer['gflops']:.0f} "
+            f"GFLOP/s, {layer['fraction_of_matmul']:.0%} of the "
+            f"{t['matmul_2048_float32_gflops']:.0f} GFLOP/s of a 2048² float32 "
+            f"matmul measured in the same run. {complex_rate}"
+        )
+    return (
+        f"{head} Timed in alternation with a 2048² float32 matmul, "
+        f"{t['rounds']} calls each (apart from the table above): best "
+        f"{layer['seconds'] * 1e3:.1f} ms, {layer['gflops']:.0f} GFLOP/s, "
+        f"{layer['fraction_of_matmul']:.0%} of the matmul's "
+        f"{t['matmul_2048_float32_gflops']:.0f} GFLOP/s; median of the per-round "
+        f"shares {layer['median_fraction_of_matmul']:.0%}. {complex_rate}"
+    )
+
+
 def markdown_summary(payload: dict) -> str:
     """A short Markdown report of a run: the comparison table and the headlines."""
 
@@ -949,15 +976,6 @@ def markdown_summary(payload: dict) -> str:
     def times(row, name):
         value = row["speedup"].get(name)
         return f"{value:.0f}×" if value else "–"
-
-    def paired(t):
-        layer = t["layer"]
-        if "median_fraction_of_matmul" not in layer:
-            return ""
-        return (
-            f", best of {t['rounds']} each; median of the per-round shares "
-            f"{layer['median_fraction_of_matmul']:.0%}"
-        )
 
     env = payload["environment"]
     cfg = payload["config"]
@@ -978,19 +996,12 @@ def markdown_summary(payload: dict) -> str:
             f"{times(row, 'dense')} |"
         )
     s, t = payload["summary"], payload["throughput"]
-    layer = t["layer"]
     lines += [
         "",
         f"- Fitted exponents of our step: time ∝ T^{s['exponent_T']:.2f} "
         f"(C = {cfg['channels']}), ∝ C^{s['exponent_C']:.2f} "
         f"(T = {cfg['channel_length']}).",
-        f"- At T = {s['headline_case']['T']} the layer does "
-        f"{layer['gflop']:.2f} GFLOP (8 per complex multiply-add) in "
-        f"{layer['seconds'] * 1e3:.1f} ms: {layer['gflops']:.0f} GFLOP/s, "
-        f"{layer['fraction_of_matmul']:.0%} of the "
-        f"{t['matmul_2048_float32_gflops']:.0f} GFLOP/s of a 2048² float32 matmul "
-        f"timed in alternation with it{paired(t)} (batched complex64 products: "
-        f"{t['batched_complex64_gflops']:.0f} GFLOP/s).",
+        throughput_line(s["headline_case"]["T"], t),
         f"- Compiling the layer step takes {s['compile_s']:.1f} s, once for any depth.",
     ]
     memory = payload.get("memory_2d")

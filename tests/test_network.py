@@ -218,7 +218,7 @@ def test_half_precision_inputs_are_computed_in_float32(dtype):
     assert predict(net, jnp.asarray(X, dtype)).shape == (20,)
 
 
-@pytest.mark.parametrize("scale", [1e-30, 1e19])
+@pytest.mark.parametrize("scale", [1e-30, 1e19, 2e37])
 def test_normalize_and_construct_do_not_depend_on_input_scale(scale):
     X, y = blobs(10, 4, 2, seed=9)
     X = X.astype(np.float32)
@@ -228,3 +228,23 @@ def test_normalize_and_construct_do_not_depend_on_input_scale(scale):
     _, Z = construct(X, y, num_classes=2, num_layers=2)
     _, Z_scaled = construct(X * np.float32(scale), y, num_classes=2, num_layers=2)
     np.testing.assert_allclose(Z_scaled, Z, atol=1e-5)
+
+
+@pytest.mark.parametrize("peak", [9e37, 3.4e38])
+def test_invariant_construction_keeps_samples_near_the_float32_limit(peak):
+    """1 / peak is below float32's smallest normal number: no sample may vanish."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((12, 2, 8)).astype(np.float32)
+    y = np.arange(12) % 2
+    X_big = X.copy()
+    X_big[0] *= np.float32(peak) / np.abs(X_big[0]).max()
+    net, Z = construct(X, y, num_classes=2, num_layers=2, invariant=True)
+    _, Z_big = construct(X_big, y, num_classes=2, num_layers=2, invariant=True)
+    np.testing.assert_allclose(Z_big, Z, atol=1e-5)
+    np.testing.assert_allclose(transform(net, X_big), transform(net, X), atol=1e-5)
+
+
+def test_normalize_rejects_non_finite_values_by_name():
+    for bad in (np.array([[np.nan, 1.0]]), jnp.array([[np.inf, 1.0]], jnp.bfloat16)):
+        with pytest.raises(ValueError, match="^Z contains 1 NaN or infinite values$"):
+            normalize(bad)
