@@ -25,7 +25,6 @@ from redunet_jax._checks import (
     check_int,
     check_labels,
     check_positive,
-    is_concrete,
 )
 from redunet_jax._circulant import (
     CirculantLayer,
@@ -198,8 +197,10 @@ def normalize(Z: ArrayLike) -> jax.Array:
       An array of the shape of ``Z`` whose samples have unit norm.
 
     Raises:
-      TypeError: if ``Z`` is not numeric.
-      ValueError: if concrete ``Z`` holds NaN or infinite values.
+      TypeError: if ``Z`` is not a real numeric array.
+      ValueError: if ``Z`` has no axis or is empty, if concrete ``Z`` holds NaN
+        or infinite values, or if its values do not fit the float type they
+        are computed in (float64 input with 64-bit mode off).
 
     Example:
       >>> import numpy as np
@@ -207,13 +208,14 @@ def normalize(Z: ArrayLike) -> jax.Array:
       [[0.6 0.8]
        [0.  0. ]]
     """
-    Z = jnp.asarray(Z)
-    if is_concrete(Z) and jnp.issubdtype(Z.dtype, jnp.floating):
-        finite = np.isfinite(np.asarray(Z, np.float32 if Z.itemsize < 4 else None))
-        if not finite.all():
-            bad = int(finite.size - finite.sum())
-            raise ValueError(f"Z contains {bad} NaN or infinite values")
-    return _normalize(Z)
+    source = getattr(Z, "dtype", None)
+    checked = check_float_array(Z, "Z", ndims=tuple(range(1, 65)))
+    half_precision = (
+        source is not None
+        and jnp.issubdtype(source, jnp.floating)
+        and np.dtype(source).itemsize < 4
+    )
+    return _normalize(checked).astype(source if half_precision else checked.dtype)
 
 
 def _normalize(Z: jax.Array) -> jax.Array:
@@ -226,9 +228,12 @@ def _normalize(Z: jax.Array) -> jax.Array:
     # Scaled by powers of two (exact), in two halves: near the top of the
     # range 1 / peak is below the smallest normal number, which CPUs flush to
     # zero, and the compiler may turn a division into that reciprocal.
-    _, exponent = jnp.frexp(jnp.where(peak > 0, peak, 1.0))
+    # The output does not depend on these scales, so no gradient flows
+    # through them (and ``ldexp`` itself has a wrong derivative at zero).
+    _, exponent = jax.lax.stop_gradient(jnp.frexp(jnp.where(peak > 0, peak, 1.0)))
     half = exponent // 2
-    Z = jnp.ldexp(jnp.ldexp(Z, -half), half - exponent)
+    one = jnp.ones((), Z.dtype)
+    Z = Z * jnp.ldexp(one, -half) * jnp.ldexp(one, half - exponent)
     Z = Z / jnp.expand_dims(safe_norm(Z, axis=axes, floor=NORM_FLOOR), axes)
     return Z.astype(out_dtype)
 

@@ -248,3 +248,26 @@ def test_normalize_rejects_non_finite_values_by_name():
     for bad in (np.array([[np.nan, 1.0]]), jnp.array([[np.inf, 1.0]], jnp.bfloat16)):
         with pytest.raises(ValueError, match="^Z contains 1 NaN or infinite values$"):
             normalize(bad)
+
+
+def test_normalize_gradient_at_zero_entries_matches_finite_differences():
+    """The power-of-two scales carry no gradient; zeros get d out / d x = 1/|x|."""
+    for row, peak in (([0.0, 3.0], 3.0), ([0.0, 255.0], 255.0), ([0.0, 1e30], 1e30)):
+        x = jnp.asarray([row], jnp.float32)
+        g = jax.grad(lambda z: normalize(z)[0, 0])(x)
+        np.testing.assert_allclose(g[0, 0], 1.0 / peak, rtol=1e-5)
+    x = np.array([[1.0, 2.0, 0.0, -1.0]], np.float32)
+    g = jax.grad(lambda z: normalize(z)[0, 2])(jnp.asarray(x))
+    np.testing.assert_allclose(g[0, 2], 1.0 / np.linalg.norm(x), rtol=1e-5)
+
+
+def test_normalize_checks_host_values_before_narrowing_them():
+    big_ints = normalize(np.array([[2**40, 2**40 + 3], [3_000_000_000, 0]]))
+    np.testing.assert_allclose(big_ints, [[0.5**0.5, 0.5**0.5], [1.0, 0.0]], rtol=1e-6)
+    if not jax.config.jax_enable_x64:
+        with pytest.raises(ValueError, match="^Z has values too large for float32"):
+            normalize(np.array([[1e300, 1.0]]))
+    with pytest.raises(TypeError, match="^Z must be real-valued"):
+        normalize([[1 + 2j, 3.0]])
+    assert normalize(jnp.array([[3.0, 4.0]], jnp.bfloat16)).dtype == jnp.bfloat16
+    assert normalize(np.array([[3.0, 4.0]], np.float16)).dtype == np.float16
