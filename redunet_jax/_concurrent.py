@@ -145,23 +145,8 @@ def _build(
     return layer, rates, R, (rep_set, rep_class), Pi_blocks
 
 
-@partial(jax.jit, static_argnames=("num_classes",), donate_argnums=2)
-def _sweep_part(
-    R, gamma, Yb, weights, eta, lam, block_class, valid, reps, Pi_blocks, *, num_classes
-):
-    return sweep(
-        R,
-        gamma,
-        Yb,
-        weights,
-        eta,
-        lam,
-        block_class,
-        valid,
-        reps,
-        num_classes,
-        Pi_blocks,
-    )
+#: One part's sweep; its features are moved in place (donated).
+_sweep_part = jax.jit(sweep, static_argnames=("num_classes",), donate_argnums=2)
 
 
 @jax.jit

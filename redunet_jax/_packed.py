@@ -413,8 +413,9 @@ def sweep(
     block_class,
     valid,
     reps,
-    num_classes,
     Pi_blocks=None,
+    *,
+    num_classes: int,
 ):
     """Move class-pure packed blocks through a layer, one block at a time, in place.
 
@@ -435,8 +436,8 @@ def sweep(
       valid: (n, b) which slots hold samples.
       reps: ``(rep_set, rep_class)``, sample 0 (F, 2C) and the first member
         of every class (k, F, 2C), from all the features.
-      num_classes: number of classes k.
       Pi_blocks: optional (n, b, k) memberships that replace ``pihat``.
+      num_classes: number of classes k.
 
     Returns:
       ``(Yb_next, grams_next, stats)``: the moved features, the (k, F, 2C, 2C)

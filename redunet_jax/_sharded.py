@@ -236,11 +236,6 @@ def _sharded_step(
     return jax.lax.with_sharding_constraint(outputs, same_everywhere)
 
 
-def sharded_plan(labels, num_classes: int, num_devices: int, chunk_size=None):
-    """:func:`plan_blocks` with the number of blocks padded to a multiple of D."""
-    return padded_plan(labels, num_classes, num_devices, chunk_size)
-
-
 def _place(x, sharding: NamedSharding):
     """Put ``x`` on ``sharding`` (host data when it spans several processes)."""
     if not is_concrete(x) or (isinstance(x, jax.Array) and x.sharding == sharding):
@@ -288,7 +283,7 @@ def sharded_construction_step(
     replicated = NamedSharding(mesh, P())
     plan, block = None, None
     if signal_shape is not None:
-        blocks = sharded_plan(labels, num_classes, mesh.devices.size, chunk_size)
+        blocks = padded_plan(labels, num_classes, mesh.devices.size, chunk_size)
         plan = tuple(_place(np.asarray(a), replicated) for a in blocks[:3])
         block = blocks.block
     step = partial(

@@ -24,7 +24,8 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     from redunet_jax import construct, transform
-    from redunet_jax._sharded import _sharded_step, sharded_plan
+    from redunet_jax._packed import padded_plan
+    from redunet_jax._sharded import _sharded_step
 
     assert jax.device_count() == 4, jax.devices()
     mesh = jax.make_mesh((2,), ("data",), devices=jax.devices()[:2])
@@ -87,7 +88,7 @@ SCRIPT = textwrap.dedent(
     out["placement_gap"] = max(gap(results[0], r) for r in results)
 
     # The step factors its share in one batched Cholesky call per device.
-    plan = sharded_plan(y, 4, 2, 8)
+    plan = padded_plan(y, 4, 2, 8)
     Z = jnp.zeros((45, 3, 5), jnp.complex64)
     Pi = jax.nn.one_hot(y, 4)
     s = jnp.float32(0.5)
