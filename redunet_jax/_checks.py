@@ -20,6 +20,12 @@ def is_concrete(x) -> bool:
     return not isinstance(x, Tracer)
 
 
+#: Floating dtypes the library computes with (half precision in float32).
+_FLOATS = tuple(
+    np.dtype(d) for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+)
+
+
 def check_float_array(x, name: str, *, ndims: tuple[int, ...]) -> jax.Array:
     """Return ``x`` as a floating JAX array after checking its rank and values.
 
@@ -42,11 +48,17 @@ def check_float_array(x, name: str, *, ndims: tuple[int, ...]) -> jax.Array:
     floating = jnp.issubdtype(arr.dtype, jnp.floating)
     if not (floating or np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
-    if arr.ndim not in ndims:
-        wanted = " or ".join(str(n) for n in ndims)
-        raise ValueError(
-            f"{name} must have {wanted} dimensions, got shape {tuple(arr.shape)}"
+    if floating and arr.dtype not in _FLOATS:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64, got dtype "
+            f"{arr.dtype}"
         )
+    if arr.ndim not in ndims:
+        if len(ndims) > 3 and list(ndims) == list(range(ndims[0], ndims[-1] + 1)):
+            wanted = f"at least {ndims[0]} dimension(s)"
+        else:
+            wanted = " or ".join(str(n) for n in ndims) + " dimensions"
+        raise ValueError(f"{name} must have {wanted}, got shape {tuple(arr.shape)}")
     if any(s == 0 for s in arr.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
     if is_concrete(arr) and floating:

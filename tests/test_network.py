@@ -271,3 +271,7 @@ def test_normalize_checks_host_values_before_narrowing_them():
         normalize([[1 + 2j, 3.0]])
     assert normalize(jnp.array([[3.0, 4.0]], jnp.bfloat16)).dtype == jnp.bfloat16
     assert normalize(np.array([[3.0, 4.0]], np.float16)).dtype == np.float16
+    with pytest.raises(ValueError, match=r"^Z must have at least 1 dimension\(s\)"):
+        normalize(np.float32(3.0))
+    with pytest.raises(TypeError, match="^Z must be float16, bfloat16, float32 or"):
+        normalize(np.array([[3.0, 4.0]], np.longdouble))
